@@ -51,8 +51,13 @@ mod tests {
         let c = compress(&text, 1 << 20).unwrap();
         assert!(c.len() < text.len());
         assert_eq!(decompress(&c, 1 << 20).unwrap(), text);
-        let random: Vec<u8> = (0..256u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-        assert!(compress(&random, 1 << 20).is_none() || compress(&random, 1 << 20).unwrap().len() < random.len());
+        let random: Vec<u8> = (0..256u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        assert!(
+            compress(&random, 1 << 20).is_none()
+                || compress(&random, 1 << 20).unwrap().len() < random.len()
+        );
     }
 
     #[test]
@@ -80,7 +85,10 @@ mod tests {
         let mut c = compress(&text, 1 << 20).unwrap();
         c[3] = c[3].wrapping_add(1);
         assert_eq!(decompress(&c, 1 << 20), Err(XTMPError::DecompressionFailed));
-        assert_eq!(decompress(&[0, 0], 1 << 20), Err(XTMPError::DecompressionFailed));
+        assert_eq!(
+            decompress(&[0, 0], 1 << 20),
+            Err(XTMPError::DecompressionFailed)
+        );
         assert!(decompress(&[0, 0, 0, 10, 0xff, 0xff, 0xff], 1 << 20).is_err());
     }
 }

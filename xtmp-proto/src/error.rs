@@ -278,10 +278,9 @@ impl XTMPError {
             E::ChecksumMismatch { .. } => ErrorCode::CHECKSUM_MISMATCH,
             E::WrongSession { .. } | E::SessionNotFound(_) => ErrorCode::UNKNOWN_SESSION,
             E::EncryptionNotPermitted(_) => ErrorCode::ENCRYPTION_NOT_PERMITTED,
-            E::UnknownKeyId
-            | E::NonceMismatch
-            | E::AuthenticationFailed
-            | E::IntegrityLimit => ErrorCode::AUTHENTICATION_FAILED,
+            E::UnknownKeyId | E::NonceMismatch | E::AuthenticationFailed | E::IntegrityLimit => {
+                ErrorCode::AUTHENTICATION_FAILED
+            }
             E::Replay(_) | E::TooOld(_) | E::OutOfOrder { .. } => ErrorCode::REPLAY,
             E::DecompressionFailed | E::DecompressedTooLarge { .. } => {
                 ErrorCode::DECOMPRESSION_FAILED

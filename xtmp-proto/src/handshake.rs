@@ -382,7 +382,11 @@ impl ClientHandshake {
                 self.retries += 1;
                 let mut body = self.message1.clone();
                 body.extend_from_slice(payload);
-                Ok(ClientOutcome::Retry(frame(MessageType::Handshake, 0, &body)))
+                Ok(ClientOutcome::Retry(frame(
+                    MessageType::Handshake,
+                    0,
+                    &body,
+                )))
             }
             MessageType::HandshakeAck => {
                 let session = self.handle_ack(now, &h, payload)?;
@@ -428,7 +432,9 @@ impl ClientHandshake {
                 .client_key
                 .as_ref()
                 .ok_or(HandshakeFailure::Unexpected)?;
-            let ss3 = ck.decapsulate(ct3).map_err(|_| HandshakeFailure::Malformed)?;
+            let ss3 = ck
+                .decapsulate(ct3)
+                .map_err(|_| HandshakeFailure::Malformed)?;
             st.mix_key(ss3.as_bytes());
         }
         let pt = st.decrypt_and_hash(&p[off..])?;
@@ -730,7 +736,16 @@ impl ServerHandshaker {
             rng.fill(&mut b);
             session_id = u64::from_be_bytes(b);
         }
-        let ack_prefix = [HANDSHAKE_VERSION, pattern as u8, chosen as u8, 0, 0, 0, 0, 0];
+        let ack_prefix = [
+            HANDSHAKE_VERSION,
+            pattern as u8,
+            chosen as u8,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ];
         st.mix_hash(&ack_prefix);
         let mut ack = Vec::with_capacity(pattern.message2_len());
         ack.extend_from_slice(&ack_prefix);

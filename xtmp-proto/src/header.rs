@@ -292,8 +292,8 @@ impl Header {
             return Err(XTMPError::ReservedNonZero);
         }
         let raw_flags = u16::from_be_bytes([h[6], h[7]]);
-        let flags = XTMPFlags::from_bits(u32::from(raw_flags))
-            .ok_or(XTMPError::UnknownFlags(raw_flags))?;
+        let flags =
+            XTMPFlags::from_bits(u32::from(raw_flags)).ok_or(XTMPError::UnknownFlags(raw_flags))?;
         let encryption_type =
             EncryptionType::from_u8(h[32]).ok_or(XTMPError::UnknownEncryptionType(h[32]))?;
         if flags.contains(XTMPFlags::ENCRYPTED) != (encryption_type != EncryptionType::None) {
@@ -422,6 +422,8 @@ impl core::fmt::Debug for XTMPMessage {
 impl XTMPMessage {
     /// The seed's constructor: computes the CRC-32, defaults to `PostQuantum` with zero
     /// key id, nonce and tag (a [`crate::Session`] fills those in when it seals).
+    /// Unlike the seed, `flags` starts as `ENCRYPTED`, because the flag must agree with
+    /// the `PostQuantum` default (validation rule 6 of `PROTOCOL.md` §2.3).
     ///
     /// A payload longer than `u32::MAX` bytes cannot be represented; its length saturates
     /// and [`XTMPMessage::encode`] then fails. Use [`XTMPMessage::try_new`] to get the error early.
@@ -436,7 +438,7 @@ impl XTMPMessage {
             magic: MAGIC,
             version: VERSION,
             message_type,
-            flags: XTMPFlags::empty(),
+            flags: XTMPFlags::ENCRYPTED,
             session_id,
             sequence_number,
             payload_length: u32::try_from(payload.len()).unwrap_or(u32::MAX),
@@ -465,7 +467,12 @@ impl XTMPMessage {
                 max: u32::MAX,
             });
         }
-        Ok(Self::new(message_type, session_id, sequence_number, payload))
+        Ok(Self::new(
+            message_type,
+            session_id,
+            sequence_number,
+            payload,
+        ))
     }
 
     /// The header fields of this message.

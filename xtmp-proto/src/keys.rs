@@ -288,7 +288,12 @@ impl XTMPKeySet {
             checksum: 0,
             encryption_type: self.encryption_type,
             key_id: self.key_id,
-            nonce: nonce(self.encryption_type, self.direction, self.key_generation, seq),
+            nonce: nonce(
+                self.encryption_type,
+                self.direction,
+                self.key_generation,
+                seq,
+            ),
             auth_tag: [0; 16],
         };
         let mut out = Vec::with_capacity(HEADER_LEN + payload.len());

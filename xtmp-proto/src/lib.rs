@@ -69,5 +69,5 @@ pub use header::{
 };
 pub use keys::{Direction, Side, XTMPKeySet};
 pub use rng::{InsecureDeterministicRngForTestingOnly, SecureRandom};
-pub use session::{ReplayMode, Received, RttEstimator, Session, SessionConfig, SessionStats};
+pub use session::{Received, ReplayMode, RttEstimator, Session, SessionConfig, SessionStats};
 pub use xtmp_crypto;

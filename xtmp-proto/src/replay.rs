@@ -80,7 +80,11 @@ impl ReplayWindow {
     pub fn mark(&mut self, seq: u64) {
         if seq >= self.top {
             // Advance: clear the words between the old top block and the new one.
-            let cur_block = if self.top == 0 { None } else { Some((self.top - 1) / 64) };
+            let cur_block = if self.top == 0 {
+                None
+            } else {
+                Some((self.top - 1) / 64)
+            };
             let new_block = seq / 64;
             match cur_block {
                 None => self.bitmap = [0; WORDS],

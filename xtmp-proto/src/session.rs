@@ -374,6 +374,12 @@ impl Session {
     pub fn key_update_in_progress(&self) -> bool {
         matches!(self.rekey, Rekey::Initiated { .. })
     }
+    /// The secret the next key update is mixed with (`rekey_g` in `PROTOCOL.md` §5.1).
+    /// Exposed only so test vectors can publish it: never log or store it.
+    pub fn dangerous_rekey_secret_for_test_vectors(&self) -> &[u8; 32] {
+        &self.rekey_secret
+    }
+
     /// The sticky error once the session is closed.
     pub fn close_reason(&self) -> Option<&XTMPError> {
         self.closed.as_ref()
@@ -574,8 +580,7 @@ impl Session {
         if self.recv_prev.as_ref().is_some_and(|p| now >= p.discard_at) {
             self.recv_prev = None;
         }
-        if matches!(self.rekey, Rekey::Idle) && (self.rekey_wanted || now >= self.next_rotation)
-        {
+        if matches!(self.rekey, Rekey::Idle) && (self.rekey_wanted || now >= self.next_rotation) {
             self.initiate_key_update(rng)?;
         }
         Ok(())
@@ -693,7 +698,11 @@ impl Session {
         Ok(Received::KeyUpdated { generation })
     }
 
-    fn handle_key_update_ack(&mut self, now: Instant, p: &[u8]) -> Result<Received<'static>, XTMPError> {
+    fn handle_key_update_ack(
+        &mut self,
+        now: Instant,
+        p: &[u8],
+    ) -> Result<Received<'static>, XTMPError> {
         let Rekey::Initiated {
             generation,
             ephemeral,
@@ -714,7 +723,6 @@ impl Session {
         self.install(now, &secrets, generation);
         Ok(Received::KeyUpdated { generation })
     }
-
 }
 
 impl Session {

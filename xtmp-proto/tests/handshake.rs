@@ -157,7 +157,13 @@ fn client_state_survives_forged_acks() {
     let (mut ch, m1) = start(ik_client(), 1, 1);
     let (ack, s, _) = accept(&mut server, &m1).unwrap();
     let p = HEADER_LEN;
-    for off in [p + 1, p + 8 + 3, p + 1128 + 7, ack.len() - 1, 9 /* session id */] {
+    for off in [
+        p + 1,
+        p + 8 + 3,
+        p + 1128 + 7,
+        ack.len() - 1,
+        9, /* session id */
+    ] {
         let mut t = ack.clone();
         t[off] ^= 0x08;
         fix_crc(&mut t);
@@ -235,7 +241,10 @@ fn cookie_retry_flow_costs_no_kem_and_never_amplifies() {
     else {
         panic!("expected retry")
     };
-    assert!(retry.len() < m1.len(), "a Retry must be smaller than message 1");
+    assert!(
+        retry.len() < m1.len(),
+        "a Retry must be smaller than message 1"
+    );
     assert_eq!(retry.len(), HEADER_LEN + 16);
     // A garbage message 1 with a valid length still gets only a Retry (no decapsulation):
     // the cookie check comes before any KEM work.
@@ -245,7 +254,9 @@ fn cookie_retry_flow_costs_no_kem_and_never_amplifies() {
     }
     fix_crc(&mut junk);
     assert!(matches!(
-        server.handle(now, b"1.2.3.4:5", true, &junk, &mut r).unwrap(),
+        server
+            .handle(now, b"1.2.3.4:5", true, &junk, &mut r)
+            .unwrap(),
         ServerOutcome::Retry(_)
     ));
     let ClientOutcome::Retry(m1c) = ch.handle(now, &retry).unwrap() else {
@@ -254,11 +265,14 @@ fn cookie_retry_flow_costs_no_kem_and_never_amplifies() {
     assert_eq!(m1c.len(), m1.len() + 16);
     // The cookie is bound to the address.
     assert!(matches!(
-        server.handle(now, b"6.6.6.6:5", true, &m1c, &mut r).unwrap(),
+        server
+            .handle(now, b"6.6.6.6:5", true, &m1c, &mut r)
+            .unwrap(),
         ServerOutcome::Retry(_)
     ));
-    let ServerOutcome::Accepted { ack, .. } =
-        server.handle(now, b"1.2.3.4:5", true, &m1c, &mut r).unwrap()
+    let ServerOutcome::Accepted { ack, .. } = server
+        .handle(now, b"1.2.3.4:5", true, &m1c, &mut r)
+        .unwrap()
     else {
         panic!("expected accept")
     };
@@ -271,7 +285,9 @@ fn cookie_retry_flow_costs_no_kem_and_never_amplifies() {
     let _ = server.handle(later, b"x", true, &m1, &mut r).unwrap();
     let later2 = later + handshake::COOKIE_SECRET_LIFETIME + Duration::from_secs(1);
     assert!(matches!(
-        server.handle(later2, b"1.2.3.4:5", true, &m1c, &mut r).unwrap(),
+        server
+            .handle(later2, b"1.2.3.4:5", true, &m1c, &mut r)
+            .unwrap(),
         ServerOutcome::Retry(_)
     ));
 }
@@ -281,9 +297,7 @@ fn client_gives_up_after_max_retries() {
     let mut server = ServerHandshaker::new(ServerConfig::new(server_key()));
     let now = Instant::now();
     let (mut ch, m1) = start(nk_client(), 1, 1);
-    let ServerOutcome::Retry(retry) = server
-        .handle(now, b"a", true, &m1, &mut rng(1))
-        .unwrap()
+    let ServerOutcome::Retry(retry) = server.handle(now, b"a", true, &m1, &mut rng(1)).unwrap()
     else {
         panic!()
     };

@@ -31,7 +31,10 @@ fn every_encryption_type_round_trips_and_rejects_tampering() {
         let f = seal(&mut p.client, MessageType::WalletTransaction, msg);
         let h = Header::parse(&f, u32::MAX).unwrap();
         assert_eq!(h.encryption_type, enc);
-        assert_eq!(h.flags.contains(XTMPFlags::ENCRYPTED), enc != EncryptionType::None);
+        assert_eq!(
+            h.flags.contains(XTMPFlags::ENCRYPTED),
+            enc != EncryptionType::None
+        );
         if enc == EncryptionType::None {
             assert_eq!(&f[HEADER_LEN..], msg, "None keeps the payload in clear");
         } else {
@@ -208,7 +211,10 @@ fn rotation_with_messages_in_flight_loses_nothing() {
     assert_eq!(Header::parse(&s1, u32::MAX).unwrap().key_id[11], 1);
     // The in-flight generation-0 frames still open on the server (previous keys).
     for (i, f) in in_flight.iter().enumerate() {
-        assert_eq!(open_msg(&mut p.server, now, &mut f.clone()).unwrap(), [i as u8]);
+        assert_eq!(
+            open_msg(&mut p.server, now, &mut f.clone()).unwrap(),
+            [i as u8]
+        );
     }
     assert!(p.server.has_previous_keys());
     // Client gets the ack, switches, and reads the generation-1 response.
@@ -216,7 +222,10 @@ fn rotation_with_messages_in_flight_loses_nothing() {
         p.client.open(now, &mut ack.clone(), &mut p.rng).unwrap(),
         Received::KeyUpdated { generation: 1 }
     ));
-    assert_eq!(open_msg(&mut p.client, now, &mut s1.clone()).unwrap(), b"gen1");
+    assert_eq!(
+        open_msg(&mut p.client, now, &mut s1.clone()).unwrap(),
+        b"gen1"
+    );
     // The first generation-1 frame from the client drops the server's old keys.
     let c1 = seal(&mut p.client, MessageType::BundleStatus, b"x");
     open_msg(&mut p.server, now, &mut c1.clone()).unwrap();
@@ -281,11 +290,25 @@ fn colliding_key_updates_resolve_to_the_clients() {
     assert_eq!(p.server.key_generation(), 1);
     assert!(!p.server.key_update_in_progress());
     assert_eq!(
-        transfer(&mut p.client, &mut p.server, now, &mut p.rng, MessageType::Ack, b"12345678"),
+        transfer(
+            &mut p.client,
+            &mut p.server,
+            now,
+            &mut p.rng,
+            MessageType::Ack,
+            b"12345678"
+        ),
         b"12345678"
     );
     assert_eq!(
-        transfer(&mut p.server, &mut p.client, now, &mut p.rng, MessageType::Ack, b"87654321"),
+        transfer(
+            &mut p.server,
+            &mut p.client,
+            now,
+            &mut p.rng,
+            MessageType::Ack,
+            b"87654321"
+        ),
         b"87654321"
     );
 }
@@ -355,9 +378,7 @@ fn heartbeat_measures_rtt_and_disconnect_is_sticky() {
     assert_eq!(p.client.rtt().smoothed(), Some(Duration::from_millis(30)));
     // Disconnect.
     let mut f = Vec::new();
-    p.client
-        .close(ErrorCode::NO_ERROR, "bye", &mut f)
-        .unwrap();
+    p.client.close(ErrorCode::NO_ERROR, "bye", &mut f).unwrap();
     match p.server.open(t0, &mut f, &mut p.rng).unwrap() {
         Received::Disconnect(d) => {
             assert_eq!(d.code, ErrorCode::NO_ERROR);
@@ -387,7 +408,12 @@ fn compression_is_used_only_when_it_helps_and_is_bounded() {
     let text = br#"{"event":"balance","wallet":"w1","balance":100}"#.repeat(50);
     let mut f = Vec::new();
     p.client
-        .seal(MessageType::LiveUpdates, XTMPFlags::COMPRESSED, &text, &mut f)
+        .seal(
+            MessageType::LiveUpdates,
+            XTMPFlags::COMPRESSED,
+            &text,
+            &mut f,
+        )
         .unwrap();
     let h = Header::parse(&f, u32::MAX).unwrap();
     assert!(h.flags.contains(XTMPFlags::COMPRESSED));
@@ -396,7 +422,12 @@ fn compression_is_used_only_when_it_helps_and_is_bounded() {
     // Tiny payloads are not compressed.
     let mut f = Vec::new();
     p.client
-        .seal(MessageType::LiveUpdates, XTMPFlags::COMPRESSED, b"ab", &mut f)
+        .seal(
+            MessageType::LiveUpdates,
+            XTMPFlags::COMPRESSED,
+            b"ab",
+            &mut f,
+        )
         .unwrap();
     assert!(!Header::parse(&f, u32::MAX)
         .unwrap()
@@ -474,7 +505,12 @@ fn oversized_payload_refused_on_both_sides() {
     let mut f = Vec::new();
     assert!(matches!(
         p.client
-            .seal(MessageType::BundleSubmit, XTMPFlags::empty(), &[0; 1001], &mut f)
+            .seal(
+                MessageType::BundleSubmit,
+                XTMPFlags::empty(),
+                &[0; 1001],
+                &mut f
+            )
             .unwrap_err(),
         XTMPError::PayloadTooLarge {
             length: 1001,
@@ -485,10 +521,18 @@ fn oversized_payload_refused_on_both_sides() {
     let big = p
         .client
         .send_keys()
-        .seal_message(p.client.session_id(), 0, MessageType::BundleSubmit, XTMPFlags::empty(), &[0; 2000])
+        .seal_message(
+            p.client.session_id(),
+            0,
+            MessageType::BundleSubmit,
+            XTMPFlags::empty(),
+            &[0; 2000],
+        )
         .unwrap();
     assert!(matches!(
-        p.server.open(p.now, &mut big.clone(), &mut p.rng).unwrap_err(),
+        p.server
+            .open(p.now, &mut big.clone(), &mut p.rng)
+            .unwrap_err(),
         XTMPError::PayloadTooLarge { .. }
     ));
 }
@@ -511,7 +555,9 @@ fn integrity_limit_closes_datagram_sessions() {
         }
     }
     assert_eq!(
-        p.server.open(p.now, &mut f.clone(), &mut p.rng).unwrap_err(),
+        p.server
+            .open(p.now, &mut f.clone(), &mut p.rng)
+            .unwrap_err(),
         XTMPError::IntegrityLimit
     );
 }
@@ -521,6 +567,11 @@ fn zeroization_is_in_the_types() {
     // Key material lives in Zeroizing/ZeroizeOnDrop types; this test fails to compile if
     // someone replaces them with plain arrays.
     fn assert_zod<T: zeroize::ZeroizeOnDrop>(_: &T) {}
-    let k = zeroize::Zeroizing::new(*pair(EncryptionType::PostQuantum).client.send_keys().session_key());
+    let k = zeroize::Zeroizing::new(
+        *pair(EncryptionType::PostQuantum)
+            .client
+            .send_keys()
+            .session_key(),
+    );
     assert_zod(&k);
 }

@@ -44,8 +44,9 @@ pub fn pair_with(enc: EncryptionType, cfg: SessionConfig) -> Pair {
     cc.encryption_types = vec![enc];
     cc.session = cfg;
     let (mut ch, m1) = ClientHandshake::start(cc, 1_700_000_000_000_000_000, &mut r).unwrap();
-    let ServerOutcome::Accepted { ack, session, .. } =
-        server.handle(now, b"127.0.0.1:1", false, &m1, &mut r).unwrap()
+    let ServerOutcome::Accepted { ack, session, .. } = server
+        .handle(now, b"127.0.0.1:1", false, &m1, &mut r)
+        .unwrap()
     else {
         panic!("expected Accepted")
     };
