@@ -12,6 +12,37 @@
 //! | [`xwing`] | X-Wing hybrid KEM (draft-connolly-cfrg-xwing-kem-10) | ML-KEM-768 from `libcrux-ml-kem`, X25519 from `aws-lc-rs`, SHA3-256 from `sha3`, SHAKE-256 from `shake` |
 //! | [`kdf`]  | SHA-256, HMAC-SHA-256, HKDF-SHA-256 (RFC 5869) | RustCrypto `sha2`, `hmac`, `hkdf` |
 //!
+//! # Example
+//!
+//! ```
+//! use xtmp_crypto::aead::{AeadAlgorithm, AeadKey};
+//! use xtmp_crypto::kdf;
+//! use xtmp_crypto::xwing::{XWingPublicKey, XWingSecretKey};
+//!
+//! // Receiver: key pair from a 32-byte seed; publishes the 1216-byte key.
+//! let sk = XWingSecretKey::from_seed(&[7u8; 32]);
+//! // Sender: parses the key and encapsulates (use `encapsulate()` for fresh
+//! // randomness; `encapsulate_derand` is the deterministic variant).
+//! let pk = XWingPublicKey::from_bytes(sk.public_key().as_bytes())?;
+//! let (ct, ss_sender) = pk.encapsulate()?;
+//! let ss_receiver = sk.decapsulate(&ct)?;
+//! assert_eq!(ss_sender, ss_receiver);
+//!
+//! // Derive an AEAD key and protect a message.
+//! let prk = kdf::hkdf_extract(b"salt", ss_sender.as_bytes());
+//! let mut key = [0u8; 32];
+//! kdf::hkdf_expand(&prk, &[b"example", b" key"], &mut key)?;
+//! let prefix = [1u8; 12];
+//! let aead = AeadKey::new(AeadAlgorithm::Xaes256Gcm, &key, Some(prefix));
+//! let mut nonce = [0u8; 24];
+//! nonce[..12].copy_from_slice(&prefix);
+//! let mut msg = *b"hello";
+//! let tag = aead.seal_in_place(&nonce, b"header", &mut msg)?;
+//! aead.open_in_place(&nonce, b"header", &mut msg, &tag)?;
+//! assert_eq!(&msg, b"hello");
+//! # Ok::<(), xtmp_crypto::CryptoError>(())
+//! ```
+//!
 //! # Design choices
 //!
 //! **XAES-256-GCM composed from `aws-lc-rs` AES-GCM and the `aes` block

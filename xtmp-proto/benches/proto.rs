@@ -2,6 +2,7 @@
 //! encryption type and size, and handshake CPU per role.
 //!
 //! `cargo bench -p xtmp-proto --bench proto`
+#![allow(missing_docs)]
 
 use std::hint::black_box;
 use std::sync::Arc;

@@ -1,5 +1,7 @@
 //! Handshake: success in both patterns and every rejection the spec names.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -22,10 +24,9 @@ fn ik_client() -> ClientConfig {
     c
 }
 
-fn accept(
-    server: &mut ServerHandshaker,
-    m1: &[u8],
-) -> Result<(Vec<u8>, Box<Session>, Option<[u8; 32]>), XTMPError> {
+type Accepted = (Vec<u8>, Box<Session>, Option<[u8; 32]>);
+
+fn accept(server: &mut ServerHandshaker, m1: &[u8]) -> Result<Accepted, XTMPError> {
     match server.handle(Instant::now(), b"10.0.0.1:1", false, m1, &mut rng(9))? {
         ServerOutcome::Accepted {
             ack,

@@ -1,5 +1,7 @@
 //! The 96-byte header: layout, round trips and every rejection rule in order.
 
+#![allow(clippy::unwrap_used)]
+
 use proptest::prelude::*;
 use xtmp_proto::*;
 

@@ -1,5 +1,7 @@
 //! Record protection, replay protection, rotation and the session state machine.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashSet;

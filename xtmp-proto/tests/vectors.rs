@@ -1,6 +1,8 @@
 //! Test vectors in `docs/test-vectors/`: checked on every test run, regenerated with
 //! `XTMP_WRITE_VECTORS=1 cargo test -p xtmp-proto --test vectors`.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;

@@ -1,4 +1,5 @@
 //! Shared helpers for the xtmp-proto integration tests.
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
 use std::collections::HashSet;
