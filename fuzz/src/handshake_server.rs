@@ -168,6 +168,7 @@ fn check_outcome(
             ack,
             session,
             client_key,
+            ..
         }) => {
             let pattern = match msg.get(HEADER_LEN + 1) {
                 Some(1) => Pattern::NK,

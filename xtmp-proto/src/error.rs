@@ -249,6 +249,8 @@ error_codes! {
     OVERLOADED = 0x0015,
     /// Message too large for this transport (e.g. a datagram).
     MESSAGE_TOO_LARGE = 0x0016,
+    /// The request's payload could not be parsed or is invalid for its type.
+    BAD_REQUEST = 0x0017,
 }
 
 impl core::fmt::Debug for ErrorCode {

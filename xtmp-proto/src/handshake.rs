@@ -445,13 +445,13 @@ impl ClientHandshake {
         if sid != h.session_id {
             return Err(HandshakeFailure::Unexpected.into());
         }
-        let rotation_secs = u32::from_be_bytes(arr4(&pt[8..12]));
+        let rotation_ms = u32::from_be_bytes(arr4(&pt[8..12]));
         let max_payload = u32::from_be_bytes(arr4(&pt[12..16]));
         let mut cfg = self.config.session.clone();
-        if rotation_secs > 0 {
+        if rotation_ms > 0 {
             cfg.key_rotation_interval = cfg
                 .key_rotation_interval
-                .min(Duration::from_secs(u64::from(rotation_secs)));
+                .min(Duration::from_millis(u64::from(rotation_ms)));
         }
         cfg.max_payload = cfg.max_payload.min(max_payload.max(1));
         let secrets = st.split();
@@ -540,6 +540,8 @@ pub enum ServerOutcome {
         session: Box<Session>,
         /// The client's static key fingerprint (`pqIK` only).
         client_key: Option<[u8; 32]>,
+        /// The client's handshake timestamp (Unix nanoseconds), for [`ServerHandshaker::commit`].
+        timestamp_ns: u64,
     },
 }
 
@@ -614,18 +616,72 @@ impl ServerHandshaker {
         ok
     }
 
-    /// Handles message 1.
+    /// Handles message 1: [`ServerHandshaker::maintain`], [`ServerHandshaker::handle_shared`]
+    /// and [`ServerHandshaker::commit`] in one call.
     ///
     /// `peer_address` is any stable byte encoding of the client's network address
     /// (the cookie is bound to it). With `require_cookie` (under load, or always on
     /// datagram transports) a message without a valid cookie gets a `Retry` and costs no
-    /// KEM work. `unix_time_ns` is unused by the check itself (timestamps are compared
-    /// per client key) but kept for future skew policies.
+    /// KEM work. Timestamps are compared per authorized client key.
     ///
     /// # Errors
-    /// Framing errors or [`XTMPError::Handshake`]; the responder's state is unchanged.
+    /// Framing errors or [`XTMPError::Handshake`]; on error the responder's replay state
+    /// is unchanged.
     pub fn handle(
         &mut self,
+        now: Instant,
+        peer_address: &[u8],
+        require_cookie: bool,
+        frame_bytes: &[u8],
+        rng: &mut dyn SecureRandom,
+    ) -> Result<ServerOutcome, XTMPError> {
+        self.maintain(now, rng);
+        let out = self.handle_shared(now, peer_address, require_cookie, frame_bytes, rng)?;
+        self.commit(&out)?;
+        Ok(out)
+    }
+
+    /// Rotates the cookie secret when due. Call before [`ServerHandshaker::handle_shared`]
+    /// (at least once, and from time to time; [`ServerHandshaker::handle`] does it itself).
+    pub fn maintain(&mut self, now: Instant, rng: &mut dyn SecureRandom) {
+        self.rotate_cookie_secret(now, rng);
+    }
+
+    /// Records an accepted handshake's timestamp for its (authorized) client key. Two
+    /// concurrent [`ServerHandshaker::handle_shared`] calls with the same message 1 can
+    /// both pass the replay check; only the first `commit` succeeds, so the caller must
+    /// commit before sending the `HandshakeAck` and drop the session when it fails.
+    ///
+    /// # Errors
+    /// [`HandshakeFailure::Replayed`].
+    pub fn commit(&mut self, outcome: &ServerOutcome) -> Result<(), XTMPError> {
+        if let ServerOutcome::Accepted {
+            client_key: Some(fp),
+            timestamp_ns,
+            ..
+        } = outcome
+        {
+            if self.config.authorized_clients.contains(fp) {
+                if let Some(&last) = self.timestamps.get(fp) {
+                    if *timestamp_ns <= last {
+                        return Err(HandshakeFailure::Replayed.into());
+                    }
+                }
+                self.timestamps.insert(*fp, *timestamp_ns);
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles message 1 without changing the responder (so many can run in parallel
+    /// under a read lock). The caller must have called [`ServerHandshaker::maintain`] at
+    /// least once, and must [`ServerHandshaker::commit`] an `Accepted` outcome.
+    ///
+    /// # Errors
+    /// As [`ServerHandshaker::handle`]; with `require_cookie` before any `maintain`, an
+    /// [`XTMPError::EncryptionError`] (no cookie secret yet).
+    pub fn handle_shared(
+        &self,
         now: Instant,
         peer_address: &[u8],
         require_cookie: bool,
@@ -660,7 +716,11 @@ impl ServerHandshaker {
             return Err(HandshakeFailure::AuthenticationRequired.into());
         }
         // Cookie step: before any KEM work.
-        self.rotate_cookie_secret(now, rng);
+        if require_cookie && self.cookie_rotated_at.is_none() {
+            return Err(XTMPError::EncryptionError(
+                "cookie secret not initialised: call ServerHandshaker::maintain first".into(),
+            ));
+        }
         if require_cookie && !cookie.is_some_and(|c| self.cookie_valid(peer_address, c)) {
             let c = Self::cookie(&self.cookie_secret, peer_address);
             return Ok(ServerOutcome::Retry(frame(MessageType::Retry, 0, &c)));
@@ -767,18 +827,13 @@ impl ServerHandshaker {
             ack.extend_from_slice(&ct3);
         }
         let cfg = self.config.session.clone();
-        let rotation_secs = u32::try_from(cfg.key_rotation_interval.as_secs()).unwrap_or(u32::MAX);
+        let rotation_ms = u32::try_from(cfg.key_rotation_interval.as_millis()).unwrap_or(u32::MAX);
         let mut p2 = [0u8; ACK_PAYLOAD_LEN];
         p2[0..8].copy_from_slice(&session_id.to_be_bytes());
-        p2[8..12].copy_from_slice(&rotation_secs.to_be_bytes());
+        p2[8..12].copy_from_slice(&rotation_ms.to_be_bytes());
         p2[12..16].copy_from_slice(&cfg.max_payload.to_be_bytes());
         st.encrypt_and_hash(&p2, &mut ack)?;
 
-        if let Some(fp) = &client_fp {
-            if self.config.authorized_clients.contains(fp) {
-                self.timestamps.insert(*fp, ts);
-            }
-        }
         let secrets = st.split();
         // The server's rotation timer runs 10 % later than the client's so that the
         // client normally initiates and collisions stay rare (PROTOCOL.md §5.5).
@@ -796,6 +851,7 @@ impl ServerHandshaker {
             ack: frame(MessageType::HandshakeAck, session_id, &ack),
             session: Box::new(session),
             client_key: client_fp,
+            timestamp_ns: ts,
         })
     }
 }

@@ -65,7 +65,8 @@ pub use handshake::{
     ServerHandshaker, ServerOutcome,
 };
 pub use header::{
-    crc32, parse_frame, EncryptionType, Header, MessageType, XTMPFlags, XTMPMessage, HEADER_LEN,
+    crc32, parse_frame, EncryptionType, Header, MessageType, XTMPFlags, XTMPMessage,
+    DEFAULT_MAX_DATAGRAM_PAYLOAD, DEFAULT_MAX_STREAM_PAYLOAD, HEADER_LEN,
 };
 pub use keys::{Direction, Side, XTMPKeySet};
 pub use rng::{InsecureDeterministicRngForTestingOnly, SecureRandom};

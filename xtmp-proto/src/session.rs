@@ -283,8 +283,9 @@ impl Session {
             rekey: Rekey::Idle,
             rekey_wanted: false,
             next_rotation: expires,
-            send_seq: 0,
-            recv_next: 0,
+            // Sequence number 0 belongs to the handshake; session frames start at 1.
+            send_seq: 1,
+            recv_next: 1,
             window: ReplayWindow::new(),
             outgoing: VecDeque::new(),
             ping: None,
@@ -819,7 +820,10 @@ impl Session {
         if header.nonce != expect_nonce {
             return Err(XTMPError::NonceMismatch);
         }
-        // 13: replay check (cheap, before the AEAD).
+        // 13: replay check (cheap, before the AEAD). 0 is the handshake's number.
+        if seq == 0 {
+            return Err(XTMPError::Replay(0));
+        }
         match self.config.replay_mode {
             ReplayMode::Ordered => {
                 if seq != self.recv_next {

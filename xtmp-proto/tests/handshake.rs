@@ -32,6 +32,7 @@ fn accept(server: &mut ServerHandshaker, m1: &[u8]) -> Result<Accepted, XTMPErro
             ack,
             session,
             client_key,
+            ..
         } => Ok((ack, session, client_key)),
         ServerOutcome::Retry(_) => panic!("unexpected retry"),
     }

@@ -103,8 +103,8 @@ fn ordered_mode_rejects_replay_gap_and_wrong_session() {
     assert_eq!(
         open_msg(&mut p.server, now, &mut f1.clone()).unwrap_err(),
         XTMPError::OutOfOrder {
-            expected: 0,
-            got: 1
+            expected: 1,
+            got: 2
         }
     );
     open_msg(&mut p.server, now, &mut f0.clone()).unwrap();
@@ -112,8 +112,8 @@ fn ordered_mode_rejects_replay_gap_and_wrong_session() {
     assert_eq!(
         open_msg(&mut p.server, now, &mut f0.clone()).unwrap_err(),
         XTMPError::OutOfOrder {
-            expected: 1,
-            got: 0
+            expected: 2,
+            got: 1
         }
     );
     open_msg(&mut p.server, now, &mut f1.clone()).unwrap();
@@ -149,7 +149,7 @@ fn window_mode_accepts_reordering_rejects_duplicates() {
         if i % 7 == 0 {
             assert_eq!(
                 open_msg(&mut p.server, now, &mut frames[i].clone()).unwrap_err(),
-                XTMPError::Replay(i as u64)
+                XTMPError::Replay(i as u64 + 1)
             );
         }
     }
@@ -157,7 +157,7 @@ fn window_mode_accepts_reordering_rejects_duplicates() {
     // Far behind the window.
     assert_eq!(
         open_msg(&mut p.server, now, &mut frames[0].clone()).unwrap_err(),
-        XTMPError::TooOld(0)
+        XTMPError::TooOld(1)
     );
 }
 
@@ -452,7 +452,7 @@ fn decompression_bomb_is_refused() {
     let f = ks
         .seal_message(
             p.client.session_id(),
-            0,
+            1,
             MessageType::LiveUpdates,
             XTMPFlags::COMPRESSED,
             &body,
@@ -525,7 +525,7 @@ fn oversized_payload_refused_on_both_sides() {
         .send_keys()
         .seal_message(
             p.client.session_id(),
-            0,
+            1,
             MessageType::BundleSubmit,
             XTMPFlags::empty(),
             &[0; 2000],

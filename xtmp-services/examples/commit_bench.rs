@@ -72,16 +72,22 @@ fn transfer_bench(threads: usize, per: usize, max_batch: usize) -> f64 {
     let svc = Arc::new(Services::open(cfg).expect("open"));
     let now = 1_700_000_000_000;
     let c0 = Caller::new(0);
-    svc.wallet_register(&c0, client::register_request(&sink), now).expect("reg");
+    svc.wallet_register(&c0, client::register_request(&sink), now)
+        .expect("reg");
     let mut work = Vec::new();
     for (i, k) in keys.iter().enumerate() {
         let c = Caller::new(i as u64 + 1);
-        svc.wallet_register(&c, client::register_request(k), now).expect("reg");
-        let s1 = svc.wallet_auth(&c, client::auth_challenge_request(k), now).expect("auth");
+        svc.wallet_register(&c, client::register_request(k), now)
+            .expect("reg");
+        let s1 = svc
+            .wallet_auth(&c, client::auth_challenge_request(k), now)
+            .expect("auth");
         svc.wallet_auth(&c, client::auth_answer_request(k, &s1).expect("sign"), now)
             .expect("auth");
         let txs: Vec<_> = (0..per as u64)
-            .map(|n| client::sign_transaction(k, TxKind::Transfer, sink.address(), 1, n).expect("sign"))
+            .map(|n| {
+                client::sign_transaction(k, TxKind::Transfer, sink.address(), 1, n).expect("sign")
+            })
             .collect();
         work.push((c, txs));
     }
@@ -113,7 +119,10 @@ fn transfer_bench(threads: usize, per: usize, max_batch: usize) -> f64 {
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let threads = args.first().copied().unwrap_or(32);
     let per = args.get(1).copied().unwrap_or(100);
     for t in [1, threads] {

@@ -22,8 +22,8 @@ use crate::records::{self, meta, Account};
 use crate::services::{Caller, Services};
 use crate::store::{Table, WriteTx};
 use crate::types::{
-    BundleIdRequest, BundleState, BundleStatusResponse, BundleSubmitRequest, BundleSubmitResponse, BundleSyncEntry,
-    BundleSyncRequest, BundleSyncResponse, SignedTransaction, TxKind,
+    BundleIdRequest, BundleState, BundleStatusResponse, BundleSubmitRequest, BundleSubmitResponse,
+    BundleSyncEntry, BundleSyncRequest, BundleSyncResponse, SignedTransaction, TxKind,
 };
 use crate::wallet::{apply_tx, check_stateless, public_key, Origin};
 
@@ -42,7 +42,10 @@ pub fn bundle_id(txids: &[Hex32]) -> Hex32 {
     Hex32(sha256(&parts))
 }
 
-fn load_status<G: records::Get + ?Sized>(g: &G, id: &Hex32) -> Result<Option<BundleStatusResponse>, AppError> {
+fn load_status<G: records::Get + ?Sized>(
+    g: &G,
+    id: &Hex32,
+) -> Result<Option<BundleStatusResponse>, AppError> {
     records::get_json(g, Table::Bundles, id.as_bytes())
 }
 
@@ -120,7 +123,10 @@ impl Services {
         for (i, stx) in txs.iter().enumerate() {
             check_stateless(stx).map_err(|e| in_bundle(i, e))?;
             if stx.kind != TxKind::Transfer {
-                return Err(in_bundle(i, AppError::Forbidden("bundles carry transfers only".into())));
+                return Err(in_bundle(
+                    i,
+                    AppError::Forbidden("bundles carry transfers only".into()),
+                ));
             }
             let id = stx.txid();
             if !seen.insert(id) {
@@ -133,23 +139,24 @@ impl Services {
             let r = self.read()?;
             let mut keys: BTreeMap<Address, PublicKey> = BTreeMap::new();
             for (i, stx) in txs.iter().enumerate() {
-                if !keys.contains_key(&stx.from) {
-                    let pk = public_key(&*r, &stx.from)?
-                        .ok_or_else(|| in_bundle(i, AppError::WalletNotFound(stx.from.to_string())))?;
-                    keys.insert(stx.from, pk);
-                }
-                let pk = keys
-                    .get(&stx.from)
-                    .ok_or_else(|| AppError::Internal("key cache".into()))?;
+                let pk = match keys.entry(stx.from) {
+                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        let pk = public_key(&*r, &stx.from)?.ok_or_else(|| {
+                            in_bundle(i, AppError::WalletNotFound(stx.from.to_string()))
+                        })?;
+                        v.insert(pk)
+                    }
+                };
                 pk.verify(&stx.signing_message(), stx.signature.as_slice())
                     .map_err(|e| in_bundle(i, e))?;
             }
         }
         let id = bundle_id(&txids);
         let count = u32::try_from(txs.len()).map_err(|_| AppError::TooLarge("bundle".into()))?;
-        let (created, status) = self.write(move |tx| {
+        let (created, status) = self.write_ev(now_ms, move |tx| {
             if let Some(existing) = load_status(tx, &id)? {
-                return Ok((false, existing));
+                return Ok(((false, existing), Vec::new()));
             }
             // Simulate against the current ledger, then undo.
             let sp = tx.savepoint();
@@ -169,18 +176,13 @@ impl Services {
             };
             records::put_json(tx, Table::Bundles, id.as_bytes(), &status)?;
             records::put_json(tx, Table::BundleTxs, id.as_bytes(), &txs)?;
-            Ok((true, status))
+            let ev = Event::Bundle {
+                bundle_id: id,
+                state: BundleState::Pending,
+                reason: None,
+            };
+            Ok(((true, status), vec![ev]))
         })?;
-        if created {
-            self.publish(
-                now_ms,
-                vec![Event::Bundle {
-                    bundle_id: id,
-                    state: BundleState::Pending,
-                    reason: None,
-                }],
-            );
-        }
         Ok(BundleSubmitResponse { created, status })
     }
 
@@ -189,7 +191,8 @@ impl Services {
     /// # Errors
     /// [`AppError::BundleNotFound`], storage errors.
     pub fn bundle_status(&self, req: BundleIdRequest) -> Result<BundleStatusResponse, AppError> {
-        load_status(&*self.read()?, &req.bundle_id)?.ok_or_else(|| AppError::BundleNotFound(req.bundle_id.to_string()))
+        load_status(&*self.read()?, &req.bundle_id)?
+            .ok_or_else(|| AppError::BundleNotFound(req.bundle_id.to_string()))
     }
 
     /// `BundleConfirm` (see the module docs). Returns the confirmed status.
@@ -213,13 +216,15 @@ impl Services {
                 "only the submitter or the mint authority may confirm a bundle".into(),
             ));
         }
-        let (status, touched) = self.write(move |tx| {
-            let mut status = load_status(tx, &id)?.ok_or_else(|| AppError::BundleNotFound(id.to_string()))?;
+        let status = self.write_ev(now_ms, move |tx| {
+            let mut status =
+                load_status(tx, &id)?.ok_or_else(|| AppError::BundleNotFound(id.to_string()))?;
             if status.state != BundleState::Pending {
                 return Err(AppError::BundleFinal(status.state.as_str().to_string()));
             }
             let txs: Vec<SignedTransaction> =
-                records::get_json(tx, Table::BundleTxs, id.as_bytes())?.ok_or_else(|| records::corrupt("bundle"))?;
+                records::get_json(tx, Table::BundleTxs, id.as_bytes())?
+                    .ok_or_else(|| records::corrupt("bundle"))?;
             let touched = match apply_all(tx, &txs, &id, now_ms) {
                 Ok(t) => {
                     status.state = BundleState::Confirmed;
@@ -234,25 +239,26 @@ impl Services {
             status.finalized_at_ms = Some(now_ms);
             status.log_seq = append_log(tx, &id, status.state)?;
             records::put_json(tx, Table::Bundles, id.as_bytes(), &status)?;
-            Ok((status, touched))
+            let mut events: Vec<Event> = touched
+                .into_iter()
+                .map(|(address, a)| Event::Wallet {
+                    address,
+                    balance: a.balance,
+                    next_nonce: a.next_nonce,
+                    txid: None,
+                })
+                .collect();
+            events.push(Event::Bundle {
+                bundle_id: id,
+                state: status.state,
+                reason: status.reason.clone(),
+            });
+            Ok((status, events))
         })?;
-        let mut events: Vec<Event> = touched
-            .into_iter()
-            .map(|(address, a)| Event::Wallet {
-                address,
-                balance: a.balance,
-                next_nonce: a.next_nonce,
-                txid: None,
-            })
-            .collect();
-        events.push(Event::Bundle {
-            bundle_id: id,
-            state: status.state,
-            reason: status.reason.clone(),
-        });
-        self.publish(now_ms, events);
         match status.state {
-            BundleState::Rejected => Err(AppError::BundleRejected(status.reason.unwrap_or_default())),
+            BundleState::Rejected => {
+                Err(AppError::BundleRejected(status.reason.unwrap_or_default()))
+            }
             _ => Ok(status),
         }
     }
@@ -293,7 +299,8 @@ impl Services {
                 }
                 tx_total = tx_total.saturating_add(n);
                 let txs: Vec<SignedTransaction> =
-                    records::get_json(&*r, Table::BundleTxs, id.as_bytes())?.ok_or_else(|| records::corrupt("bundle"))?;
+                    records::get_json(&*r, Table::BundleTxs, id.as_bytes())?
+                        .ok_or_else(|| records::corrupt("bundle"))?;
                 Some(txs)
             } else {
                 None

@@ -4,7 +4,8 @@ use crate::crypto::{message, Address, SigningKey};
 use crate::encoding::{Hex32, HexBytes};
 use crate::error::AppError;
 use crate::types::{
-    RegistryUpdateRequest, SignedTransaction, TxKind, WalletAuthRequest, WalletAuthResponse, WalletRegisterRequest,
+    RegistryUpdateRequest, SignedTransaction, TxKind, WalletAuthRequest, WalletAuthResponse,
+    WalletRegisterRequest,
 };
 
 /// The `WalletRegister` request for `key`.
@@ -28,9 +29,14 @@ pub fn auth_challenge_request(key: &SigningKey) -> WalletAuthRequest {
 /// # Errors
 /// [`AppError::BadRequest`] if the response carries no challenge or session id;
 /// [`AppError::Internal`] if signing fails.
-pub fn auth_answer_request(key: &SigningKey, step1: &WalletAuthResponse) -> Result<WalletAuthRequest, AppError> {
+pub fn auth_answer_request(
+    key: &SigningKey,
+    step1: &WalletAuthResponse,
+) -> Result<WalletAuthRequest, AppError> {
     let (Some(challenge), Some(session_id)) = (step1.challenge, step1.session_id) else {
-        return Err(AppError::BadRequest("the response carries no challenge".into()));
+        return Err(AppError::BadRequest(
+            "the response carries no challenge".into(),
+        ));
     };
     auth_answer(key, session_id, challenge)
 }
@@ -39,7 +45,11 @@ pub fn auth_answer_request(key: &SigningKey, step1: &WalletAuthResponse) -> Resu
 ///
 /// # Errors
 /// [`AppError::Internal`] if signing fails.
-pub fn auth_answer(key: &SigningKey, session_id: u64, challenge: Hex32) -> Result<WalletAuthRequest, AppError> {
+pub fn auth_answer(
+    key: &SigningKey,
+    session_id: u64,
+    challenge: Hex32,
+) -> Result<WalletAuthRequest, AppError> {
     let address = key.address();
     let sig = key.sign(&message::wallet_auth(session_id, &challenge.0, &address))?;
     Ok(WalletAuthRequest {
@@ -61,7 +71,13 @@ pub fn sign_transaction(
     nonce: u64,
 ) -> Result<SignedTransaction, AppError> {
     let from = key.address();
-    let sig = key.sign(&message::transaction(kind.code(), &from, &to, amount, nonce))?;
+    let sig = key.sign(&message::transaction(
+        kind.code(),
+        &from,
+        &to,
+        amount,
+        nonce,
+    ))?;
     Ok(SignedTransaction {
         kind,
         from,
@@ -83,7 +99,12 @@ pub fn sign_registry_update(
     expected_version: u64,
 ) -> Result<RegistryUpdateRequest, AppError> {
     let owner = key.address();
-    let sig = key.sign(&message::registry_update(registry_key, expected_version, &owner, value))?;
+    let sig = key.sign(&message::registry_update(
+        registry_key,
+        expected_version,
+        &owner,
+        value,
+    ))?;
     Ok(RegistryUpdateRequest {
         key: registry_key.to_string(),
         value: value.to_string(),

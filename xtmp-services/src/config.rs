@@ -98,23 +98,28 @@ impl ServicesConfig {
         if self.max_lease_ms == 0 {
             return bad("max_lease_ms must be > 0");
         }
-        if self.default_cert_validity_secs == 0 || self.default_cert_validity_secs > self.max_cert_validity_secs {
+        if self.default_cert_validity_secs == 0
+            || self.default_cert_validity_secs > self.max_cert_validity_secs
+        {
             return bad("default_cert_validity_secs must be in 1..=max_cert_validity_secs");
         }
-        if self.max_bundle_transactions == 0 || self.max_bundle_transactions > MAX_BUNDLE_TRANSACTIONS {
+        if self.max_bundle_transactions == 0
+            || self.max_bundle_transactions > MAX_BUNDLE_TRANSACTIONS
+        {
             return bad("max_bundle_transactions must be in 1..=1000");
         }
         if self.max_registry_value > MAX_REGISTRY_VALUE {
             return bad("max_registry_value must be at most 65536");
         }
         if let Some(k) = &self.mint_authority {
-            PublicKey::from_bytes(k.as_slice()).map_err(|e| AppError::BadRequest(format!("xtmp_services: mint_authority: {e}")))?;
+            PublicKey::from_bytes(k.as_slice())
+                .map_err(|e| AppError::BadRequest(format!("xtmp_services: mint_authority: {e}")))?;
         }
         let mut total: u64 = 0;
         for g in &self.genesis {
-            total = total
-                .checked_add(g.amount)
-                .ok_or_else(|| AppError::BadRequest("xtmp_services: genesis total exceeds 2^64 - 1".into()))?;
+            total = total.checked_add(g.amount).ok_or_else(|| {
+                AppError::BadRequest("xtmp_services: genesis total exceeds 2^64 - 1".into())
+            })?;
         }
         Ok(())
     }

@@ -32,7 +32,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use aws_lc_rs::digest;
-use aws_lc_rs::signature::{KeyPair, PqdsaKeyPair, UnparsedPublicKey, ML_DSA_65, ML_DSA_65_SIGNING};
+use aws_lc_rs::signature::{
+    KeyPair, PqdsaKeyPair, UnparsedPublicKey, ML_DSA_65, ML_DSA_65_SIGNING,
+};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroizing;
 
@@ -93,7 +95,10 @@ pub const ADDRESS_PREFIX: &str = "xw";
 impl Address {
     /// The address of an ML-DSA-65 public key.
     pub fn of(public_key: &PublicKey) -> Self {
-        Address(sha256(&[b"XTMP/v1/wallet-address\0", public_key.as_bytes()]))
+        Address(sha256(&[
+            b"XTMP/v1/wallet-address\0",
+            public_key.as_bytes(),
+        ]))
     }
     /// The 32 bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
@@ -118,7 +123,11 @@ impl FromStr for Address {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || AppError::InvalidAddress("expected \"xw\" and 64 lowercase hex digits".into());
         let rest = s.strip_prefix(ADDRESS_PREFIX).ok_or_else(bad)?;
-        if rest.len() != 64 || !rest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if rest.len() != 64
+            || !rest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(bad());
         }
         let mut out = [0u8; 32];
@@ -291,7 +300,12 @@ pub mod message {
     /// The message an owner signs for a registry update. `key` is at most 65535 bytes and
     /// `value` at most 4 GiB (the service enforces far smaller limits before calling this);
     /// longer inputs are truncated in the length prefix, which the limits rule out.
-    pub fn registry_update(key: &str, expected_version: u64, owner: &Address, value: &str) -> Vec<u8> {
+    pub fn registry_update(
+        key: &str,
+        expected_version: u64,
+        owner: &Address,
+        value: &str,
+    ) -> Vec<u8> {
         let mut m = with_tag(b"XTMP/v1/registry-update\0", 54 + key.len() + value.len());
         m.extend_from_slice(&(key.len().min(u16::MAX as usize) as u16).to_be_bytes());
         m.extend_from_slice(key.as_bytes());
@@ -303,7 +317,12 @@ pub mod message {
     }
 
     /// The message the server signs for a timestamp receipt.
-    pub fn stamp(serial: u64, timestamp_ms: u64, digest: &[u8; 32], server_key_id: &[u8; 32]) -> Vec<u8> {
+    pub fn stamp(
+        serial: u64,
+        timestamp_ms: u64,
+        digest: &[u8; 32],
+        server_key_id: &[u8; 32],
+    ) -> Vec<u8> {
         let mut m = with_tag(b"XTMP/v1/stamp\0", 80);
         m.extend_from_slice(&serial.to_be_bytes());
         m.extend_from_slice(&timestamp_ms.to_be_bytes());
@@ -344,18 +363,37 @@ mod tests {
     fn sign_verify_and_reject() {
         let k = SigningKey::from_seed(&[7u8; 32]).unwrap();
         let k2 = SigningKey::from_seed(&[7u8; 32]).unwrap();
-        assert_eq!(k.public_key(), k2.public_key(), "seed expansion is deterministic");
+        assert_eq!(
+            k.public_key(),
+            k2.public_key(),
+            "seed expansion is deterministic"
+        );
         assert_eq!(k.public_key().as_bytes().len(), PUBLIC_KEY_LEN);
         let sig = k.sign(b"hello").unwrap();
         assert_eq!(sig.len(), SIGNATURE_LEN);
         k.public_key().verify(b"hello", &sig).unwrap();
-        assert_eq!(k.public_key().verify(b"hellO", &sig), Err(AppError::BadSignature));
+        assert_eq!(
+            k.public_key().verify(b"hellO", &sig),
+            Err(AppError::BadSignature)
+        );
         let mut bad = sig.clone();
         bad[100] ^= 1;
-        assert_eq!(k.public_key().verify(b"hello", &bad), Err(AppError::BadSignature));
-        assert_eq!(k.public_key().verify(b"hello", &sig[..10]), Err(AppError::BadSignature));
-        assert_eq!(k.public_key().verify(b"hello", &[0u8; SIGNATURE_LEN]), Err(AppError::BadSignature));
-        assert_eq!(k.public_key().verify(b"hello", &[0xffu8; SIGNATURE_LEN]), Err(AppError::BadSignature));
+        assert_eq!(
+            k.public_key().verify(b"hello", &bad),
+            Err(AppError::BadSignature)
+        );
+        assert_eq!(
+            k.public_key().verify(b"hello", &sig[..10]),
+            Err(AppError::BadSignature)
+        );
+        assert_eq!(
+            k.public_key().verify(b"hello", &[0u8; SIGNATURE_LEN]),
+            Err(AppError::BadSignature)
+        );
+        assert_eq!(
+            k.public_key().verify(b"hello", &[0xffu8; SIGNATURE_LEN]),
+            Err(AppError::BadSignature)
+        );
         // Garbage keys of the right length must not panic.
         let garbage = PublicKey::from_bytes(&[0xffu8; PUBLIC_KEY_LEN]).unwrap();
         assert_eq!(garbage.verify(b"hello", &sig), Err(AppError::BadSignature));

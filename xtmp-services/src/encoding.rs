@@ -37,7 +37,10 @@ impl FromStr for Hex32 {
     type Err = HexError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.len() != 64 {
-            return Err(HexError(format!("expected 64 hex digits, got {} characters", s.len())));
+            return Err(HexError(format!(
+                "expected 64 hex digits, got {} characters",
+                s.len()
+            )));
         }
         let mut out = [0u8; 32];
         hex::decode_to_slice(s, &mut out).map_err(|e| HexError(format!("bad hex: {e}")))?;
@@ -80,7 +83,12 @@ impl fmt::Debug for HexBytes {
         if self.0.len() <= 32 {
             write!(f, "HexBytes({})", hex::encode(&self.0))
         } else {
-            write!(f, "HexBytes({}.., {} bytes)", hex::encode(&self.0[..16]), self.0.len())
+            write!(
+                f,
+                "HexBytes({}.., {} bytes)",
+                hex::encode(&self.0[..16]),
+                self.0.len()
+            )
         }
     }
 }

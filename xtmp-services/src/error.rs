@@ -69,7 +69,8 @@ pub mod codes {
         RECIPIENT_NOT_FOUND = 0x011B,
         /// A balance or the total supply would exceed 2^64 - 1.
         BALANCE_OVERFLOW = 0x011C,
-        /// The address is not `xw` followed by 64 lowercase hex digits.
+        /// An address is not `xw` followed by 64 lowercase hex digits (any address field
+        /// of any request).
         INVALID_ADDRESS = 0x011D,
 
         /// A bundle with no transactions.
@@ -92,8 +93,6 @@ pub mod codes {
         NOT_OWNER = 0x0132,
         /// The registry key is empty, too long or contains control characters.
         INVALID_REGISTRY_KEY = 0x0133,
-        /// The digest is not 32 bytes of hex.
-        INVALID_DIGEST = 0x0134,
         /// A stamp receipt does not verify (offline check).
         INVALID_STAMP = 0x0135,
 
@@ -133,10 +132,7 @@ pub mod codes {
 
 /// The name of an application code, if it is one.
 pub fn code_name(code: ErrorCode) -> Option<&'static str> {
-    codes::ALL
-        .iter()
-        .find(|(c, _)| *c == code)
-        .map(|(_, n)| *n)
+    codes::ALL.iter().find(|(c, _)| *c == code).map(|(_, n)| *n)
 }
 
 /// An application-level failure. Each variant maps to one stable code ([`AppError::code`]).
@@ -273,9 +269,6 @@ pub enum AppError {
     /// Bad registry key.
     #[error("invalid registry key: {0}")]
     InvalidRegistryKey(String),
-    /// Bad digest.
-    #[error("invalid digest: {0}")]
-    InvalidDigest(String),
     /// A stamp does not verify.
     #[error("invalid stamp: {0}")]
     InvalidStamp(String),
@@ -369,7 +362,6 @@ impl AppError {
             AppError::StaleVersion { .. } => STALE_VERSION,
             AppError::NotOwner => NOT_OWNER,
             AppError::InvalidRegistryKey(_) => INVALID_REGISTRY_KEY,
-            AppError::InvalidDigest(_) => INVALID_DIGEST,
             AppError::InvalidStamp(_) => INVALID_STAMP,
             AppError::LockHeld { .. } => LOCK_HELD,
             AppError::LockNotHeld => LOCK_NOT_HELD,
@@ -431,6 +423,9 @@ mod tests {
         };
         assert_eq!(e.code(), codes::BAD_SIGNATURE);
         assert_eq!(e.reason(), "transaction 3: bad signature");
-        assert_eq!(AppError::Storage("disk on fire".into()).reason(), "storage failure");
+        assert_eq!(
+            AppError::Storage("disk on fire".into()).reason(),
+            "storage failure"
+        );
     }
 }

@@ -1,14 +1,17 @@
 //! The change-notification bus behind `LiveUpdates`, `EventStream` and `MetricsStream`.
 //!
 //! Every state change is published as a [`Notification`] on a
-//! [`tokio::sync::broadcast`] channel **after** the change is durable. A runtime hooks in
+//! [`tokio::sync::broadcast`] channel **after** the change is durable, and notifications of
+//! stored changes come out in commit order (a ticket taken inside the write operation
+//! orders them; see [`EventBus::ticket`]). A runtime hooks in
 //! with [`crate::Services::subscribe`] and filters per subscriber ([`LiveFilter`],
 //! [`KindFilter`]). A receiver that falls behind loses the oldest notifications
 //! (`RecvError::Lagged`) and should tell its peer, which can resynchronize with
 //! `WalletBalance` / `BundleSync` / `RegistryQuery`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -95,7 +98,14 @@ impl Event {
 }
 
 /// Every event kind.
-pub const EVENT_KINDS: &[&str] = &["wallet", "bundle", "registry", "lock", "certificate", "stamp"];
+pub const EVENT_KINDS: &[&str] = &[
+    "wallet",
+    "bundle",
+    "registry",
+    "lock",
+    "certificate",
+    "stamp",
+];
 
 /// An event as pushed to subscribers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,11 +120,28 @@ pub struct Notification {
     pub event: Event,
 }
 
-/// The broadcast channel and its sequence counter.
+#[derive(Debug, Default)]
+struct Order {
+    /// Next ticket to hand out (in commit order).
+    next_ticket: u64,
+    /// Next ticket to publish.
+    next_publish: u64,
+    /// Tickets whose operation finished, waiting for earlier ones.
+    done: BTreeMap<u64, (u64, Vec<Event>)>,
+}
+
+/// An ordering ticket, taken inside a write operation (so in commit order) and redeemed
+/// with [`EventBus::publish_ticket`] once the commit's outcome is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(u64);
+
+/// The broadcast channel, its sequence counter, and the reordering buffer that makes
+/// notifications of committed writes come out in commit order.
 #[derive(Debug)]
 pub struct EventBus {
     tx: broadcast::Sender<Notification>,
     seq: AtomicU64,
+    order: Mutex<Order>,
 }
 
 impl EventBus {
@@ -124,6 +151,32 @@ impl EventBus {
         Self {
             tx,
             seq: AtomicU64::new(0),
+            order: Mutex::new(Order::default()),
+        }
+    }
+
+    /// Takes the next ticket. Call it inside a write operation, after it succeeded (write
+    /// operations run one at a time, in commit order), and always redeem it.
+    pub fn ticket(&self) -> Ticket {
+        let mut o = crate::services::lock(&self.order);
+        let t = o.next_ticket;
+        o.next_ticket = o.next_ticket.saturating_add(1);
+        Ticket(t)
+    }
+
+    /// Redeems a ticket: publishes `events` once every earlier ticket was redeemed
+    /// (pass no events if the commit failed).
+    pub fn publish_ticket(&self, ticket: Ticket, at_ms: u64, events: Vec<Event>) {
+        let mut o = crate::services::lock(&self.order);
+        o.done.insert(ticket.0, (at_ms, events));
+        loop {
+            let next = o.next_publish;
+            let Some((at, evs)) = o.done.remove(&next) else {
+                break;
+            };
+            o.next_publish = next.saturating_add(1);
+            // Sending on a broadcast channel never blocks.
+            self.publish_all(at, evs);
         }
     }
 
@@ -190,7 +243,8 @@ impl LiveFilter {
             )));
         }
         for k in &req.registry_keys {
-            crate::registry::check_key(k).map_err(|e| AppError::InvalidSubscription(e.to_string()))?;
+            crate::registry::check_key(k)
+                .map_err(|e| AppError::InvalidSubscription(e.to_string()))?;
         }
         Ok(Self {
             wallets: req.wallets.iter().copied().collect(),

@@ -2,8 +2,8 @@
 //!
 //! Wallets, bundles, registry, QLOCK, TLSLS and live change notifications for XTMP, on a
 //! durable embedded store. The protocol crates (`xtmp-proto`, `xtmp`) do not depend on
-//! this crate; a server plugs it into its router (`register_all`, behind the `runtime`
-//! wiring) or calls [`Services`] directly.
+//! this crate; a server plugs it into its router with `register_all` (feature `runtime`,
+//! on by default) or calls [`Services`] directly.
 //!
 //! ## Architecture
 //! * [`Services`] is a plain, synchronous Rust API: one method per operation taking a
@@ -60,6 +60,8 @@ pub mod events;
 pub mod qlock;
 mod records;
 pub mod registry;
+#[cfg(feature = "runtime")]
+pub mod runtime;
 mod services;
 pub mod store;
 pub mod tlsls;
@@ -70,7 +72,10 @@ pub use config::{GenesisAllocation, ServicesConfig};
 pub use crypto::{static_key_fingerprint, Address, PublicKey, SigningKey};
 pub use error::AppError;
 pub use registry::verify_stamp;
+#[cfg(feature = "runtime")]
+pub use runtime::register_all;
 pub use services::{
-    load_or_create_signing_key, parse, parse_or_default, Caller, MetricsSnapshot, OpMetrics, Services, SessionId,
+    load_or_create_signing_key, parse, parse_or_default, public_key_path, Caller, MetricsSnapshot,
+    OpMetrics, Services, SessionId,
 };
 pub use tlsls::verify_certificate;

@@ -71,7 +71,11 @@ impl LockTable {
 
     /// The live lock `name` (an expired one is removed, with its event).
     fn live(&mut self, name: &str, now_ms: u64, events: &mut Vec<Event>) -> Option<&mut Lock> {
-        if self.locks.get(name).is_some_and(|l| l.expires_at_ms <= now_ms) {
+        if self
+            .locks
+            .get(name)
+            .is_some_and(|l| l.expires_at_ms <= now_ms)
+        {
             if let Some(l) = self.remove(name) {
                 events.push(lock_event(name, "expired", l.token));
             }
@@ -125,10 +129,14 @@ fn lock_event(name: &str, state: &str, token: u64) -> Event {
 
 fn check_name(name: &str) -> Result<(), AppError> {
     if name.is_empty() || name.len() > MAX_LOCK_NAME {
-        return Err(AppError::InvalidLockName(format!("a name has 1 to {MAX_LOCK_NAME} bytes")));
+        return Err(AppError::InvalidLockName(format!(
+            "a name has 1 to {MAX_LOCK_NAME} bytes"
+        )));
     }
     if name.chars().any(char::is_control) {
-        return Err(AppError::InvalidLockName("control characters are not allowed".into()));
+        return Err(AppError::InvalidLockName(
+            "control characters are not allowed".into(),
+        ));
     }
     Ok(())
 }
@@ -183,22 +191,31 @@ impl Services {
     /// [`AppError::InvalidLockName`], [`AppError::InvalidLease`], [`AppError::LockHeld`],
     /// [`AppError::LockNotHeld`], [`AppError::StaleFencingToken`],
     /// [`AppError::LimitReached`], storage errors (token reservation).
-    pub fn qlock(&self, caller: &Caller, req: QlockRequest, now_ms: u64) -> Result<QlockResponse, AppError> {
+    pub fn qlock(
+        &self,
+        caller: &Caller,
+        req: QlockRequest,
+        now_ms: u64,
+    ) -> Result<QlockResponse, AppError> {
+        let wallet = self.session_wallet(caller.session);
+        let mut table = lock(&self.locks);
         let mut events = Vec::new();
-        let r = self.qlock_inner(caller, req, now_ms, &mut events);
+        let r = self.qlock_locked(&mut table, wallet, caller, req, now_ms, &mut events);
+        // Published under the table lock, so lock events come out in the order they
+        // happened.
         self.publish(now_ms, events);
         r
     }
 
-    fn qlock_inner(
+    fn qlock_locked(
         &self,
+        table: &mut LockTable,
+        wallet: Option<Address>,
         caller: &Caller,
         req: QlockRequest,
         now_ms: u64,
         events: &mut Vec<Event>,
     ) -> Result<QlockResponse, AppError> {
-        let wallet = self.session_wallet(caller.session);
-        let mut table = lock(&self.locks);
         match req {
             QlockRequest::Acquire { name, lease_ms } => {
                 check_name(&name)?;
@@ -216,10 +233,12 @@ impl Services {
                     return Ok(Self::view(&name, Some(&l), caller));
                 }
                 let mine = table.per_session.get(&caller.session).copied().unwrap_or(0);
-                if mine >= self.config.max_locks_per_session() || table.len() >= self.config.max_locks() {
+                if mine >= self.config.max_locks_per_session()
+                    || table.len() >= self.config.max_locks()
+                {
                     return Err(AppError::LimitReached("too many locks held".into()));
                 }
-                let token = self.next_token(&mut table)?;
+                let token = self.next_token(table)?;
                 let l = Lock {
                     holder: caller.session,
                     wallet,
@@ -238,7 +257,9 @@ impl Services {
             } => {
                 check_name(&name)?;
                 self.check_lease(lease_ms)?;
-                let l = table.live(&name, now_ms, events).ok_or(AppError::LockNotHeld)?;
+                let l = table
+                    .live(&name, now_ms, events)
+                    .ok_or(AppError::LockNotHeld)?;
                 if l.holder != caller.session {
                     return Err(AppError::LockNotHeld);
                 }
@@ -249,9 +270,14 @@ impl Services {
                 let l = l.clone();
                 Ok(Self::view(&name, Some(&l), caller))
             }
-            QlockRequest::Release { name, fencing_token } => {
+            QlockRequest::Release {
+                name,
+                fencing_token,
+            } => {
                 check_name(&name)?;
-                let l = table.live(&name, now_ms, events).ok_or(AppError::LockNotHeld)?;
+                let l = table
+                    .live(&name, now_ms, events)
+                    .ok_or(AppError::LockNotHeld)?;
                 if l.holder != caller.session {
                     return Err(AppError::LockNotHeld);
                 }

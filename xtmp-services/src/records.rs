@@ -106,8 +106,14 @@ pub(crate) fn get_json<G: Get + ?Sized, T: DeserializeOwned>(
     }
 }
 
-pub(crate) fn put_json<T: Serialize>(tx: &mut dyn WriteTx, table: Table, key: &[u8], value: &T) -> Result<(), AppError> {
-    let v = serde_json::to_vec(value).map_err(|e| AppError::Internal(format!("encode {}: {e}", table.name())))?;
+pub(crate) fn put_json<T: Serialize>(
+    tx: &mut dyn WriteTx,
+    table: Table,
+    key: &[u8],
+    value: &T,
+) -> Result<(), AppError> {
+    let v = serde_json::to_vec(value)
+        .map_err(|e| AppError::Internal(format!("encode {}: {e}", table.name())))?;
     tx.put(table, key, &v);
     Ok(())
 }

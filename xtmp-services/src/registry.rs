@@ -14,8 +14,8 @@ use crate::records::{self, meta};
 use crate::services::{Caller, Services};
 use crate::store::Table;
 use crate::types::{
-    RegistryEntry, RegistryQueryRequest, RegistryQueryResponse, RegistryStampRequest, RegistryUpdateRequest,
-    RegistryUpdateResponse, StampReceipt,
+    RegistryEntry, RegistryQueryRequest, RegistryQueryResponse, RegistryStampRequest,
+    RegistryUpdateRequest, RegistryUpdateResponse, StampReceipt,
 };
 use crate::wallet::public_key;
 
@@ -28,10 +28,14 @@ pub const MAX_KEY_LEN: usize = 256;
 /// [`AppError::InvalidRegistryKey`].
 pub fn check_key(key: &str) -> Result<(), AppError> {
     if key.is_empty() || key.len() > MAX_KEY_LEN {
-        return Err(AppError::InvalidRegistryKey(format!("a key has 1 to {MAX_KEY_LEN} bytes")));
+        return Err(AppError::InvalidRegistryKey(format!(
+            "a key has 1 to {MAX_KEY_LEN} bytes"
+        )));
     }
     if key.chars().any(char::is_control) {
-        return Err(AppError::InvalidRegistryKey("control characters are not allowed".into()));
+        return Err(AppError::InvalidRegistryKey(
+            "control characters are not allowed".into(),
+        ));
     }
     Ok(())
 }
@@ -60,11 +64,19 @@ struct StoredStamp {
 /// [`AppError::InvalidStamp`] if the receipt names another key or the signature does not
 /// verify.
 pub fn verify_stamp(receipt: &StampReceipt, server_public_key: &[u8]) -> Result<(), AppError> {
-    let pk = PublicKey::from_bytes(server_public_key).map_err(|e| AppError::InvalidStamp(e.to_string()))?;
+    let pk = PublicKey::from_bytes(server_public_key)
+        .map_err(|e| AppError::InvalidStamp(e.to_string()))?;
     if pk.key_id() != receipt.server_key_id.0 {
-        return Err(AppError::InvalidStamp("signed by a different server key".into()));
+        return Err(AppError::InvalidStamp(
+            "signed by a different server key".into(),
+        ));
     }
-    let msg = message::stamp(receipt.serial, receipt.timestamp_ms, &receipt.digest.0, &receipt.server_key_id.0);
+    let msg = message::stamp(
+        receipt.serial,
+        receipt.timestamp_ms,
+        &receipt.digest.0,
+        &receipt.server_key_id.0,
+    );
     pk.verify(&msg, receipt.signature.as_slice())
         .map_err(|_| AppError::InvalidStamp("bad signature".into()))
 }
@@ -75,13 +87,16 @@ impl Services {
     /// # Errors
     /// [`AppError::BadRequest`] (neither or both of key and prefix),
     /// [`AppError::InvalidRegistryKey`], [`AppError::RegistryKeyNotFound`].
-    pub fn registry_query(&self, req: RegistryQueryRequest) -> Result<RegistryQueryResponse, AppError> {
+    pub fn registry_query(
+        &self,
+        req: RegistryQueryRequest,
+    ) -> Result<RegistryQueryResponse, AppError> {
         let r = self.read()?;
         match (&req.key, &req.prefix) {
             (Some(key), None) => {
                 check_key(key)?;
-                let e: RegistryEntry =
-                    records::get_json(&*r, Table::Registry, key.as_bytes())?.ok_or(AppError::RegistryKeyNotFound)?;
+                let e: RegistryEntry = records::get_json(&*r, Table::Registry, key.as_bytes())?
+                    .ok_or(AppError::RegistryKeyNotFound)?;
                 Ok(RegistryQueryResponse {
                     entries: vec![e],
                     more: false,
@@ -106,11 +121,15 @@ impl Services {
                 page.truncate(limit);
                 let entries = page
                     .into_iter()
-                    .map(|(_, v)| serde_json::from_slice(&v).map_err(|_| records::corrupt("registry")))
+                    .map(|(_, v)| {
+                        serde_json::from_slice(&v).map_err(|_| records::corrupt("registry"))
+                    })
                     .collect::<Result<Vec<RegistryEntry>, _>>()?;
                 Ok(RegistryQueryResponse { entries, more })
             }
-            _ => Err(AppError::BadRequest("give exactly one of key or prefix".into())),
+            _ => Err(AppError::BadRequest(
+                "give exactly one of key or prefix".into(),
+            )),
         }
     }
 
@@ -133,8 +152,8 @@ impl Services {
                 self.config.max_registry_value()
             )));
         }
-        let pk =
-            public_key(&*self.read()?, &req.owner)?.ok_or_else(|| AppError::WalletNotFound(req.owner.to_string()))?;
+        let pk = public_key(&*self.read()?, &req.owner)?
+            .ok_or_else(|| AppError::WalletNotFound(req.owner.to_string()))?;
         let msg = message::registry_update(&req.key, req.expected_version, &req.owner, &req.value);
         pk.verify(&msg, req.signature.as_slice())?;
         let RegistryUpdateRequest {
@@ -144,8 +163,9 @@ impl Services {
             owner,
             ..
         } = req;
-        let entry = self.write(move |tx| {
-            let current: Option<RegistryEntry> = records::get_json(tx, Table::Registry, key.as_bytes())?;
+        let entry = self.write_ev(now_ms, move |tx| {
+            let current: Option<RegistryEntry> =
+                records::get_json(tx, Table::Registry, key.as_bytes())?;
             let current_version = match &current {
                 Some(e) => {
                     if e.owner != owner {
@@ -172,16 +192,13 @@ impl Services {
                 updated_at_ms: now_ms,
             };
             records::put_json(tx, Table::Registry, entry.key.as_bytes(), &entry)?;
-            Ok(entry)
-        })?;
-        self.publish(
-            now_ms,
-            vec![Event::Registry {
+            let ev = Event::Registry {
                 key: entry.key.clone(),
                 version: entry.version,
                 owner: entry.owner,
-            }],
-        );
+            };
+            Ok((entry, vec![ev]))
+        })?;
         Ok(RegistryUpdateResponse {
             key: entry.key,
             version: entry.version,
@@ -195,9 +212,13 @@ impl Services {
     ///
     /// # Errors
     /// Storage errors.
-    pub fn registry_stamp(&self, req: RegistryStampRequest, now_ms: u64) -> Result<StampReceipt, AppError> {
+    pub fn registry_stamp(
+        &self,
+        req: RegistryStampRequest,
+        now_ms: u64,
+    ) -> Result<StampReceipt, AppError> {
         let digest = req.digest;
-        let serial = self.write(move |tx| {
+        let serial = self.write_ev(now_ms, move |tx| {
             let serial = records::next_counter(tx, meta::STAMP_SERIAL)?;
             records::put_json(
                 tx,
@@ -208,11 +229,12 @@ impl Services {
                     timestamp_ms: now_ms,
                 },
             )?;
-            Ok(serial)
+            Ok((serial, vec![Event::Stamp { serial, digest }]))
         })?;
         let key_id = self.server_key_id();
-        let signature = self.signer.sign(&message::stamp(serial, now_ms, &digest.0, &key_id))?;
-        self.publish(now_ms, vec![Event::Stamp { serial, digest }]);
+        let signature = self
+            .signer
+            .sign(&message::stamp(serial, now_ms, &digest.0, &key_id))?;
         Ok(StampReceipt {
             serial,
             digest,

@@ -16,10 +16,12 @@ use xtmp_proto::MessageType;
 use crate::config::ServicesConfig;
 use crate::crypto::{sha256, Address, PublicKey, SigningKey, SEED_LEN};
 use crate::error::AppError;
-use crate::events::{Event, EventBus, Notification};
+use crate::events::{Event, EventBus, Notification, Ticket};
 use crate::qlock::LockTable;
 use crate::records::{self, meta, Account};
-use crate::store::{Outcome, ReadTx, RedbStore, RedbStoreOptions, Store, StoreError, StoreStats, WriteOp, WriteTx};
+use crate::store::{
+    Outcome, ReadTx, RedbStore, RedbStoreOptions, Store, StoreError, StoreStats, WriteOp, WriteTx,
+};
 
 /// A transport session, as the runtime names it (`RequestContext::session_id`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -139,7 +141,7 @@ pub struct Services {
     pub(crate) mint_authority: Option<Address>,
     pub(crate) sessions: Mutex<HashMap<SessionId, SessionState>>,
     pub(crate) locks: Mutex<LockTable>,
-    pub(crate) bus: EventBus,
+    pub(crate) bus: Arc<EventBus>,
     counters: Vec<OpCounter>,
 }
 
@@ -181,7 +183,11 @@ impl Services {
     ///
     /// # Errors
     /// As [`Services::open`].
-    pub fn with_store(store: Arc<dyn Store>, config: ServicesConfig, signer: SigningKey) -> Result<Self, AppError> {
+    pub fn with_store(
+        store: Arc<dyn Store>,
+        config: ServicesConfig,
+        signer: SigningKey,
+    ) -> Result<Self, AppError> {
         config.validate()?;
         let mint_authority = match config.mint_authority() {
             Some(k) => Some(Address::of(&PublicKey::from_bytes(k)?)),
@@ -192,7 +198,7 @@ impl Services {
         let s = Self {
             store,
             locks: Mutex::new(LockTable::new(fencing_hwm)),
-            bus: EventBus::new(config.event_capacity()),
+            bus: Arc::new(EventBus::new(config.event_capacity())),
             sessions: Mutex::new(HashMap::new()),
             counters: OPS.iter().map(|_| OpCounter::default()).collect(),
             signer: Arc::new(signer),
@@ -282,7 +288,10 @@ impl Services {
         let expired = lock(&self.locks).expire(now_ms);
         self.bus.publish_all(now_ms, expired);
         lock(&self.sessions).retain(|_, s| {
-            if s.challenge.as_ref().is_some_and(|c| c.expires_at_ms <= now_ms) {
+            if s.challenge
+                .as_ref()
+                .is_some_and(|c| c.expires_at_ms <= now_ms)
+            {
                 s.challenge = None;
             }
             s.wallet.is_some() || s.challenge.is_some()
@@ -295,7 +304,8 @@ impl Services {
     }
 
     pub(crate) fn require_wallet(&self, caller: &Caller) -> Result<Address, AppError> {
-        self.session_wallet(caller.session).ok_or(AppError::NotAuthenticated)
+        self.session_wallet(caller.session)
+            .ok_or(AppError::NotAuthenticated)
     }
 
     pub(crate) fn is_authority(&self, caller: &Caller) -> bool {
@@ -313,20 +323,56 @@ impl Services {
         let out = slot.clone();
         let op: WriteOp = Box::new(move |tx| {
             let r = f(tx);
-            let outcome = if r.is_ok() { Outcome::Commit } else { Outcome::Discard };
+            let outcome = if r.is_ok() {
+                Outcome::Commit
+            } else {
+                Outcome::Discard
+            };
             *lock(&out) = Some(r);
             outcome
         });
         match self.store.write(op) {
             Ok(()) => {}
-            Err(StoreError::OpPanicked) => return Err(AppError::Internal("write operation panicked".into())),
+            Err(StoreError::OpPanicked) => {
+                return Err(AppError::Internal("write operation panicked".into()))
+            }
             Err(e) => {
                 tracing::error!(error = %e, "store write failed");
                 return Err(AppError::Storage(e.to_string()));
             }
         }
         let r = lock(&slot).take();
-        r.unwrap_or_else(|| Err(AppError::Internal("write operation produced no result".into())))
+        r.unwrap_or_else(|| {
+            Err(AppError::Internal(
+                "write operation produced no result".into(),
+            ))
+        })
+    }
+
+    /// Like [`Services::write`] for an operation that also yields change notifications:
+    /// they are published after the commit, in commit order.
+    pub(crate) fn write_ev<R, F>(&self, now_ms: u64, f: F) -> Result<R, AppError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut dyn WriteTx) -> Result<(R, Vec<Event>), AppError> + Send + 'static,
+    {
+        let bus = self.bus.clone();
+        type Slot = Arc<Mutex<Option<(Ticket, Vec<Event>)>>>;
+        let ticket: Slot = Arc::new(Mutex::new(None));
+        let t2 = ticket.clone();
+        let r = self.write(move |tx| {
+            let (r, events) = f(tx)?;
+            if !events.is_empty() {
+                // Taken inside the operation: tickets follow commit order.
+                *lock(&t2) = Some((bus.ticket(), events));
+            }
+            Ok(r)
+        });
+        if let Some((t, events)) = lock(&ticket).take() {
+            let events = if r.is_ok() { events } else { Vec::new() };
+            self.bus.publish_ticket(t, now_ms, events);
+        }
+        r
     }
 
     /// A snapshot of the durable state.
@@ -391,7 +437,10 @@ impl Services {
             let page = r.scan(crate::store::Table::Accounts, &start, None, 1024)?;
             let n = page.len();
             for (k, v) in page {
-                let a: [u8; 32] = k.as_slice().try_into().map_err(|_| records::corrupt("account key"))?;
+                let a: [u8; 32] = k
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| records::corrupt("account key"))?;
                 let acc = Account::decode(&v)?;
                 out.push((Address(a), acc.balance, acc.next_nonce));
                 start = k;
@@ -411,7 +460,13 @@ impl Services {
     /// # Errors
     /// The operation's [`AppError`]; [`AppError::BadRequest`] for unparsable JSON or a
     /// type this layer does not answer.
-    pub fn handle(&self, caller: &Caller, message_type: MessageType, payload: &[u8], now_ms: u64) -> Result<Vec<u8>, AppError> {
+    pub fn handle(
+        &self,
+        caller: &Caller,
+        message_type: MessageType,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Result<Vec<u8>, AppError> {
         let idx = OPS.iter().position(|(t, _)| *t == message_type);
         let r = self.dispatch(caller, message_type, payload, now_ms);
         if let Some(c) = idx.and_then(|i| self.counters.get(i)) {
@@ -423,7 +478,13 @@ impl Services {
         r
     }
 
-    fn dispatch(&self, caller: &Caller, t: MessageType, p: &[u8], now: u64) -> Result<Vec<u8>, AppError> {
+    fn dispatch(
+        &self,
+        caller: &Caller,
+        t: MessageType,
+        p: &[u8],
+        now: u64,
+    ) -> Result<Vec<u8>, AppError> {
         match t {
             MessageType::WalletRegister => json(self.wallet_register(caller, parse(p)?, now)),
             MessageType::WalletAuth => json(self.wallet_auth(caller, parse(p)?, now)),
@@ -438,7 +499,9 @@ impl Services {
             MessageType::RegistryStamp => json(self.registry_stamp(parse(p)?, now)),
             MessageType::QLOCKRequest => json(self.qlock(caller, parse(p)?, now)),
             MessageType::TLSLSRequest => json(self.tlsls(caller, parse(p)?, now)),
-            other => Err(AppError::BadRequest(format!("{other} is not a request this layer answers"))),
+            other => Err(AppError::BadRequest(format!(
+                "{other} is not a request this layer answers"
+            ))),
         }
     }
 }
@@ -446,9 +509,18 @@ impl Services {
 /// Parses a JSON request.
 ///
 /// # Errors
-/// [`AppError::BadRequest`] with serde's message (no payload bytes are echoed).
+/// [`AppError::InvalidAddress`] for a malformed address field, else
+/// [`AppError::BadRequest`] with serde's message.
 pub fn parse<T: DeserializeOwned>(payload: &[u8]) -> Result<T, AppError> {
-    serde_json::from_slice(payload).map_err(|e| AppError::BadRequest(format!("invalid JSON payload: {e}")))
+    serde_json::from_slice(payload).map_err(|e| {
+        let msg = e.to_string();
+        // A malformed address field gets its own code (serde embeds the address
+        // parser's message verbatim).
+        match msg.strip_prefix("invalid address: ") {
+            Some(rest) => AppError::InvalidAddress(rest.to_string()),
+            None => AppError::BadRequest(format!("invalid JSON payload: {msg}")),
+        }
+    })
 }
 
 /// Like [`parse`], but an empty (or all-whitespace) payload is the default request.
@@ -474,18 +546,28 @@ fn json<T: Serialize>(r: Result<T, AppError>) -> Result<Vec<u8>, AppError> {
 /// # Errors
 /// [`AppError::Storage`] if the file cannot be read or written or holds no valid seed.
 pub fn load_or_create_signing_key(path: &Path) -> Result<SigningKey, AppError> {
-    let io = |what: &str, e: std::io::Error| AppError::Storage(format!("{what} {}: {e}", path.display()));
+    let io = |what: &str, e: std::io::Error| {
+        AppError::Storage(format!("{what} {}: {e}", path.display()))
+    };
     match std::fs::read_to_string(path) {
         Ok(s) => {
             let mut seed = zeroize::Zeroizing::new([0u8; SEED_LEN]);
-            hex::decode_to_slice(s.trim(), seed.as_mut())
-                .map_err(|_| AppError::Storage(format!("{}: expected 64 hex digits", path.display())))?;
-            SigningKey::from_seed(&seed)
+            hex::decode_to_slice(s.trim(), seed.as_mut()).map_err(|_| {
+                AppError::Storage(format!("{}: expected 64 hex digits", path.display()))
+            })?;
+            let key = SigningKey::from_seed(&seed)?;
+            let pub_path = public_key_path(path);
+            if !pub_path.exists() {
+                write_public_key(&pub_path, &key)
+                    .map_err(|e| io("cannot write the public key next to", e))?;
+            }
+            Ok(key)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent() {
                 if !dir.as_os_str().is_empty() {
-                    std::fs::create_dir_all(dir).map_err(|e| io("cannot create the directory of", e))?;
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| io("cannot create the directory of", e))?;
                 }
             }
             let key = SigningKey::generate()?;
@@ -500,17 +582,30 @@ pub fn load_or_create_signing_key(path: &Path) -> Result<SigningKey, AppError> {
                 }
                 let mut f = opts.open(&tmp).map_err(|e| io("cannot create", e))?;
                 let hex_seed = zeroize::Zeroizing::new(hex::encode(key.seed()));
-                f.write_all(hex_seed.as_bytes()).map_err(|e| io("cannot write", e))?;
+                f.write_all(hex_seed.as_bytes())
+                    .map_err(|e| io("cannot write", e))?;
                 f.write_all(b"\n").map_err(|e| io("cannot write", e))?;
                 f.sync_all().map_err(|e| io("cannot sync", e))?;
             }
             std::fs::rename(&tmp, path).map_err(|e| io("cannot create", e))?;
-            let mut pub_path = path.as_os_str().to_owned();
-            pub_path.push(".pub");
-            std::fs::write(&pub_path, format!("{}\n", hex::encode(key.public_key().as_bytes())))
+            write_public_key(&public_key_path(path), &key)
                 .map_err(|e| io("cannot write the public key next to", e))?;
             Ok(key)
         }
         Err(e) => Err(io("cannot read", e)),
     }
+}
+
+/// `<path>.pub`: where the public key of the signing key at `path` is written (hex).
+pub fn public_key_path(path: &Path) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".pub");
+    p.into()
+}
+
+fn write_public_key(path: &Path, key: &SigningKey) -> std::io::Result<()> {
+    std::fs::write(
+        path,
+        format!("{}\n", hex::encode(key.public_key().as_bytes())),
+    )
 }

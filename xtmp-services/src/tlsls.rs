@@ -46,10 +46,14 @@ pub fn verify_certificate(
     is_revoked: impl FnOnce(u64) -> Option<u64>,
 ) -> Result<(), AppError> {
     if cert.version != CERT_VERSION {
-        return Err(AppError::CertInvalid(format!("unknown version {}", cert.version)));
+        return Err(AppError::CertInvalid(format!(
+            "unknown version {}",
+            cert.version
+        )));
     }
     check_subject(&cert.subject).map_err(|_| AppError::CertInvalid("bad subject".into()))?;
-    let pk = PublicKey::from_bytes(issuer_public_key).map_err(|e| AppError::CertInvalid(e.to_string()))?;
+    let pk = PublicKey::from_bytes(issuer_public_key)
+        .map_err(|e| AppError::CertInvalid(e.to_string()))?;
     if pk.key_id() != cert.issuer.0 {
         return Err(AppError::CertInvalid("issued by another key".into()));
     }
@@ -87,12 +91,18 @@ impl Services {
         Ok(secs.saturating_mul(1000))
     }
 
-    fn issue_cert(&self, subject: String, fingerprint: Hex32, validity_ms: u64, now_ms: u64) -> Result<Certificate, AppError> {
+    fn issue_cert(
+        &self,
+        subject: String,
+        fingerprint: Hex32,
+        validity_ms: u64,
+        now_ms: u64,
+    ) -> Result<Certificate, AppError> {
         // Sign inside the write so the stored certificate is exactly the one returned.
         // Issuance is rare; the signature (~0.2 ms) briefly holds up the writer.
         let signer_id = Hex32(self.server_key_id());
         let signer = self.signer.clone();
-        let cert = self.write(move |tx| {
+        let cert = self.write_ev(now_ms, move |tx| {
             let serial = records::next_counter(tx, meta::CERT_SERIAL)?;
             let mut cert = Certificate {
                 version: CERT_VERSION,
@@ -106,21 +116,19 @@ impl Services {
             };
             cert.signature = HexBytes(signer.sign(&cert.signing_message())?);
             records::put_json(tx, Table::Certs, &serial.to_be_bytes(), &cert)?;
-            Ok(cert)
-        })?;
-        self.publish(
-            now_ms,
-            vec![Event::Certificate {
-                serial: cert.serial,
+            let ev = Event::Certificate {
+                serial,
                 subject: cert.subject.clone(),
                 state: "issued".into(),
-            }],
-        );
+            };
+            Ok((cert, vec![ev]))
+        })?;
         Ok(cert)
     }
 
     fn load_cert(&self, serial: u64) -> Result<Certificate, AppError> {
-        records::get_json(&*self.read()?, Table::Certs, &serial.to_be_bytes())?.ok_or(AppError::CertNotFound(serial))
+        records::get_json(&*self.read()?, Table::Certs, &serial.to_be_bytes())?
+            .ok_or(AppError::CertNotFound(serial))
     }
 
     fn revocation(&self, serial: u64) -> Result<Option<Revocation>, AppError> {
@@ -134,7 +142,12 @@ impl Services {
     /// [`AppError::InvalidValidity`], [`AppError::CertNotFound`], [`AppError::CertInvalid`],
     /// [`AppError::CertRevoked`], [`AppError::CertNotYetValid`], [`AppError::CertExpired`],
     /// [`AppError::TooLarge`], storage errors.
-    pub fn tlsls(&self, caller: &Caller, req: TlslsRequest, now_ms: u64) -> Result<TlslsResponse, AppError> {
+    pub fn tlsls(
+        &self,
+        caller: &Caller,
+        req: TlslsRequest,
+        now_ms: u64,
+    ) -> Result<TlslsResponse, AppError> {
         match req {
             TlslsRequest::Issue {
                 subject,
@@ -152,16 +165,22 @@ impl Services {
             }
             TlslsRequest::Validate { certificate } => {
                 let revoked = self.revocation(certificate.serial)?;
-                verify_certificate(&certificate, self.server_public_key().as_bytes(), now_ms, |_| {
-                    revoked.map(|r| r.revoked_at_ms)
-                })?;
+                verify_certificate(
+                    &certificate,
+                    self.server_public_key().as_bytes(),
+                    now_ms,
+                    |_| revoked.map(|r| r.revoked_at_ms),
+                )?;
                 Ok(TlslsResponse {
                     certificate: Some(certificate),
                     valid: Some(true),
                     ..TlslsResponse::default()
                 })
             }
-            TlslsRequest::Renew { serial, validity_secs } => {
+            TlslsRequest::Renew {
+                serial,
+                validity_secs,
+            } => {
                 let old = self.load_cert(serial)?;
                 self.may_manage(caller, &old.key_fingerprint)?;
                 if let Some(r) = self.revocation(serial)? {
@@ -176,13 +195,20 @@ impl Services {
             }
             TlslsRequest::Revoke { serial, reason } => {
                 if reason.as_ref().is_some_and(|r| r.len() > MAX_REASON_LEN) {
-                    return Err(AppError::TooLarge(format!("a reason has at most {MAX_REASON_LEN} bytes")));
+                    return Err(AppError::TooLarge(format!(
+                        "a reason has at most {MAX_REASON_LEN} bytes"
+                    )));
                 }
                 let cert = self.load_cert(serial)?;
                 self.may_manage(caller, &cert.key_fingerprint)?;
-                let (revocation, new) = self.write(move |tx| {
-                    if let Some(r) = records::get_json::<_, Revocation>(tx, Table::Revoked, &serial.to_be_bytes())? {
-                        return Ok((r, false));
+                let subject = cert.subject;
+                let revocation = self.write_ev(now_ms, move |tx| {
+                    if let Some(r) = records::get_json::<_, Revocation>(
+                        tx,
+                        Table::Revoked,
+                        &serial.to_be_bytes(),
+                    )? {
+                        return Ok((r, Vec::new()));
                     }
                     let r = Revocation {
                         serial,
@@ -190,18 +216,13 @@ impl Services {
                         reason,
                     };
                     records::put_json(tx, Table::Revoked, &serial.to_be_bytes(), &r)?;
-                    Ok((r, true))
+                    let ev = Event::Certificate {
+                        serial,
+                        subject,
+                        state: "revoked".into(),
+                    };
+                    Ok((r, vec![ev]))
                 })?;
-                if new {
-                    self.publish(
-                        now_ms,
-                        vec![Event::Certificate {
-                            serial,
-                            subject: cert.subject,
-                            state: "revoked".into(),
-                        }],
-                    );
-                }
                 Ok(TlslsResponse {
                     revocation: Some(revocation),
                     ..TlslsResponse::default()
@@ -210,12 +231,16 @@ impl Services {
             TlslsRequest::Crl { after, limit } => {
                 let limit = limit.unwrap_or(1000).clamp(1, 1000) as usize;
                 let start = after.saturating_add(1);
-                let mut page = self.read()?.scan(Table::Revoked, &start.to_be_bytes(), None, limit + 1)?;
+                let mut page =
+                    self.read()?
+                        .scan(Table::Revoked, &start.to_be_bytes(), None, limit + 1)?;
                 let more = page.len() > limit;
                 page.truncate(limit);
                 let revocations = page
                     .into_iter()
-                    .map(|(_, v)| serde_json::from_slice(&v).map_err(|_| records::corrupt("revocation")))
+                    .map(|(_, v)| {
+                        serde_json::from_slice(&v).map_err(|_| records::corrupt("revocation"))
+                    })
                     .collect::<Result<Vec<Revocation>, _>>()?;
                 Ok(TlslsResponse {
                     revocations: Some(revocations),

@@ -130,7 +130,13 @@ pub struct SignedTransaction {
 impl SignedTransaction {
     /// The bytes the sender signs.
     pub fn signing_message(&self) -> Vec<u8> {
-        crate::crypto::message::transaction(self.kind.code(), &self.from, &self.to, self.amount, self.nonce)
+        crate::crypto::message::transaction(
+            self.kind.code(),
+            &self.from,
+            &self.to,
+            self.amount,
+            self.nonce,
+        )
     }
 
     /// The transaction id: SHA-256 of the signed message (the signature is not part of it,

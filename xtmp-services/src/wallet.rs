@@ -16,11 +16,12 @@ use crate::encoding::Hex32;
 use crate::error::AppError;
 use crate::events::Event;
 use crate::records::{self, meta, Account};
-use crate::services::{lock, Caller, Challenge, Services, SessionState};
+use crate::services::{lock, Caller, Challenge, Services};
 use crate::store::{Table, WriteTx};
 use crate::types::{
-    SignedTransaction, TxKind, WalletAuthRequest, WalletAuthResponse, WalletBalanceRequest, WalletBalanceResponse,
-    WalletRegisterRequest, WalletRegisterResponse, WalletTransactionResponse,
+    SignedTransaction, TxKind, WalletAuthRequest, WalletAuthResponse, WalletBalanceRequest,
+    WalletBalanceResponse, WalletRegisterRequest, WalletRegisterResponse,
+    WalletTransactionResponse,
 };
 
 /// Where an applied transaction came from (stored with its id).
@@ -41,9 +42,14 @@ pub(crate) fn check_stateless(tx: &SignedTransaction) -> Result<(), AppError> {
     Ok(())
 }
 
-pub(crate) fn public_key<G: records::Get + ?Sized>(g: &G, addr: &Address) -> Result<Option<PublicKey>, AppError> {
+pub(crate) fn public_key<G: records::Get + ?Sized>(
+    g: &G,
+    addr: &Address,
+) -> Result<Option<PublicKey>, AppError> {
     match g.get_raw(Table::Keys, addr.as_bytes())? {
-        Some(k) => Ok(Some(PublicKey::from_bytes(&k).map_err(|_| records::corrupt("key"))?)),
+        Some(k) => Ok(Some(
+            PublicKey::from_bytes(&k).map_err(|_| records::corrupt("key"))?,
+        )),
         None => Ok(None),
     }
 }
@@ -60,7 +66,8 @@ pub(crate) fn apply_tx(
     if tx.get(Table::Txids, txid.as_bytes())?.is_some() {
         return Err(AppError::DuplicateTransaction(txid.to_string()));
     }
-    let mut from = records::account(tx, &stx.from)?.ok_or_else(|| AppError::WalletNotFound(stx.from.to_string()))?;
+    let mut from = records::account(tx, &stx.from)?
+        .ok_or_else(|| AppError::WalletNotFound(stx.from.to_string()))?;
     if stx.nonce < from.next_nonce {
         return Err(AppError::NonceReplayed {
             expected: from.next_nonce,
@@ -73,7 +80,8 @@ pub(crate) fn apply_tx(
             got: stx.nonce,
         });
     }
-    let mut to = records::account(tx, &stx.to)?.ok_or_else(|| AppError::RecipientNotFound(stx.to.to_string()))?;
+    let mut to = records::account(tx, &stx.to)?
+        .ok_or_else(|| AppError::RecipientNotFound(stx.to.to_string()))?;
     match stx.kind {
         TxKind::Transfer => {
             if from.balance < stx.amount {
@@ -82,14 +90,20 @@ pub(crate) fn apply_tx(
                     amount: stx.amount,
                 });
             }
-            to.balance = to.balance.checked_add(stx.amount).ok_or(AppError::BalanceOverflow)?;
+            to.balance = to
+                .balance
+                .checked_add(stx.amount)
+                .ok_or(AppError::BalanceOverflow)?;
             from.balance -= stx.amount;
         }
         TxKind::Mint => {
             let supply = records::meta_u64(tx, meta::SUPPLY)?
                 .checked_add(stx.amount)
                 .ok_or(AppError::BalanceOverflow)?;
-            to.balance = to.balance.checked_add(stx.amount).ok_or(AppError::BalanceOverflow)?;
+            to.balance = to
+                .balance
+                .checked_add(stx.amount)
+                .ok_or(AppError::BalanceOverflow)?;
             records::put_meta_u64(tx, meta::SUPPLY, supply);
         }
     }
@@ -126,28 +140,23 @@ impl Services {
     ) -> Result<WalletRegisterResponse, AppError> {
         let pk = PublicKey::from_bytes(req.public_key.as_slice())?;
         let address = Address::of(&pk);
-        let (created, acc) = self.write(move |tx| {
+        let (created, acc) = self.write_ev(now_ms, move |tx| {
             let existing = tx.get(Table::Keys, address.as_bytes())?;
             let acc = records::account(tx, &address)?;
             if existing.is_some() {
-                return Ok((false, acc.unwrap_or_default()));
+                return Ok(((false, acc.unwrap_or_default()), Vec::new()));
             }
             tx.put(Table::Keys, address.as_bytes(), pk.as_bytes());
             let acc = acc.unwrap_or_default();
             records::put_account(tx, &address, &acc);
-            Ok((true, acc))
+            let ev = Event::Wallet {
+                address,
+                balance: acc.balance,
+                next_nonce: acc.next_nonce,
+                txid: None,
+            };
+            Ok(((true, acc), vec![ev]))
         })?;
-        if created {
-            self.publish(
-                now_ms,
-                vec![Event::Wallet {
-                    address,
-                    balance: acc.balance,
-                    next_nonce: acc.next_nonce,
-                    txid: None,
-                }],
-            );
-        }
         Ok(WalletRegisterResponse {
             address,
             created,
@@ -166,7 +175,12 @@ impl Services {
     /// [`AppError::WalletNotFound`], [`AppError::NoChallenge`],
     /// [`AppError::ChallengeExpired`], [`AppError::BadSignature`],
     /// [`AppError::WrongWallet`], [`AppError::LimitReached`].
-    pub fn wallet_auth(&self, caller: &Caller, req: WalletAuthRequest, now_ms: u64) -> Result<WalletAuthResponse, AppError> {
+    pub fn wallet_auth(
+        &self,
+        caller: &Caller,
+        req: WalletAuthRequest,
+        now_ms: u64,
+    ) -> Result<WalletAuthResponse, AppError> {
         let address = req.address;
         if let Some(bound) = self.session_wallet(caller.session) {
             if bound != address {
@@ -175,7 +189,8 @@ impl Services {
                 });
             }
         }
-        let pk = public_key(&*self.read()?, &address)?.ok_or_else(|| AppError::WalletNotFound(address.to_string()))?;
+        let pk = public_key(&*self.read()?, &address)?
+            .ok_or_else(|| AppError::WalletNotFound(address.to_string()))?;
         match (req.challenge, req.signature) {
             (None, None) => {
                 let mut nonce = [0u8; 32];
@@ -191,7 +206,7 @@ impl Services {
                         return Err(AppError::LimitReached("too many sessions with pending authentication".into()));
                     }
                 }
-                sessions.entry(caller.session).or_insert_with(SessionState::default).challenge = Some(Challenge {
+                sessions.entry(caller.session).or_default().challenge = Some(Challenge {
                     address,
                     nonce,
                     expires_at_ms,
@@ -220,7 +235,7 @@ impl Services {
                 let msg = message::wallet_auth(caller.session.0, &pending.nonce, &address);
                 pk.verify(&msg, signature.as_slice())?;
                 let mut sessions = lock(&self.sessions);
-                let s = sessions.entry(caller.session).or_insert_with(SessionState::default);
+                let s = sessions.entry(caller.session).or_default();
                 if let Some(bound) = s.wallet {
                     if bound != address {
                         return Err(AppError::WrongWallet {
@@ -249,13 +264,18 @@ impl Services {
     /// # Errors
     /// [`AppError::NotAuthenticated`] (no address and no wallet bound),
     /// [`AppError::WalletNotFound`].
-    pub fn wallet_balance(&self, caller: &Caller, req: WalletBalanceRequest) -> Result<WalletBalanceResponse, AppError> {
+    pub fn wallet_balance(
+        &self,
+        caller: &Caller,
+        req: WalletBalanceRequest,
+    ) -> Result<WalletBalanceResponse, AppError> {
         let address = match req.address {
             Some(a) => a,
             None => self.require_wallet(caller)?,
         };
         let r = self.read()?;
-        let acc = records::account(&*r, &address)?.ok_or_else(|| AppError::WalletNotFound(address.to_string()))?;
+        let acc = records::account(&*r, &address)?
+            .ok_or_else(|| AppError::WalletNotFound(address.to_string()))?;
         let registered = r.get(Table::Keys, address.as_bytes())?.is_some();
         Ok(WalletBalanceResponse {
             address,
@@ -288,30 +308,32 @@ impl Services {
             });
         }
         if stx.kind == TxKind::Mint && Some(stx.from) != self.mint_authority {
-            return Err(AppError::Forbidden("only the mint authority may mint".into()));
+            return Err(AppError::Forbidden(
+                "only the mint authority may mint".into(),
+            ));
         }
-        let pk = public_key(&*self.read()?, &stx.from)?.ok_or_else(|| AppError::WalletNotFound(stx.from.to_string()))?;
+        let pk = public_key(&*self.read()?, &stx.from)?
+            .ok_or_else(|| AppError::WalletNotFound(stx.from.to_string()))?;
         pk.verify(&stx.signing_message(), stx.signature.as_slice())?;
         let txid = stx.txid();
-        let (from, to) = (stx.from, stx.to);
-        let (fa, ta) = self.write(move |tx| apply_tx(tx, &stx, &txid, now_ms, Origin::Direct))?;
-        self.publish(
-            now_ms,
-            vec![
+        let (fa, ta) = self.write_ev(now_ms, move |tx| {
+            let (fa, ta) = apply_tx(tx, &stx, &txid, now_ms, Origin::Direct)?;
+            let events = vec![
                 Event::Wallet {
-                    address: from,
+                    address: stx.from,
                     balance: fa.balance,
                     next_nonce: fa.next_nonce,
                     txid: Some(txid),
                 },
                 Event::Wallet {
-                    address: to,
+                    address: stx.to,
                     balance: ta.balance,
                     next_nonce: ta.next_nonce,
                     txid: Some(txid),
                 },
-            ],
-        );
+            ];
+            Ok(((fa, ta), events))
+        })?;
         Ok(WalletTransactionResponse {
             txid,
             from_balance: fa.balance,
@@ -324,7 +346,10 @@ impl Services {
     ///
     /// # Errors
     /// Storage errors.
-    pub fn transaction_applied(&self, txid: &Hex32) -> Result<Option<(u64, Option<Hex32>)>, AppError> {
+    pub fn transaction_applied(
+        &self,
+        txid: &Hex32,
+    ) -> Result<Option<(u64, Option<Hex32>)>, AppError> {
         let Some(v) = self.read()?.get(Table::Txids, txid.as_bytes())? else {
             return Ok(None);
         };

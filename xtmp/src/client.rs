@@ -1282,9 +1282,8 @@ async fn client_reader<R: AsyncRead + Unpin>(
                     code: e.code,
                     reason: e.reason.clone(),
                 };
-                // `request_seq` 0 is ambiguous: "not about a request" or the session's
-                // first message. An outstanding request 0 takes it (a connection-level
-                // error is followed by Disconnect anyway).
+                // Session frames are numbered from 1, so `request_seq` 0 means "not about
+                // a request" and matches nothing outstanding.
                 match st.pending.remove(&e.request_seq) {
                     Some(p) => match p.fail(err) {
                         Some((sub_id, err)) => {

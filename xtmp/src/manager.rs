@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -213,7 +213,7 @@ impl XTMPSession {
 /// (cookie secrets, authorized client keys, replay timestamps) and the rotation policy.
 pub struct XTMPKeyManager {
     static_key: Arc<XWingSecretKey>,
-    handshaker: Mutex<ServerHandshaker>,
+    handshaker: RwLock<ServerHandshaker>,
     key_rotation_interval: Duration,
     rotations: AtomicU64,
 }
@@ -233,7 +233,7 @@ impl XTMPKeyManager {
     pub fn new(config: ServerConfig, key_rotation_interval: Duration) -> Self {
         Self {
             static_key: config.static_key.clone(),
-            handshaker: Mutex::new(ServerHandshaker::new(config)),
+            handshaker: RwLock::new(ServerHandshaker::new(config)),
             key_rotation_interval,
             rotations: AtomicU64::new(0),
         }
@@ -265,11 +265,12 @@ impl XTMPKeyManager {
 
     /// Replaces the set of authorized client key fingerprints (takes effect for new handshakes).
     pub fn set_authorized_clients(&self, keys: HashSet<[u8; 32]>) {
-        lock(&self.handshaker).set_authorized_clients(keys);
+        write(&self.handshaker).set_authorized_clients(keys);
     }
 
-    /// Runs the responder on a `Handshake` frame. The KEM work happens under the
-    /// responder's lock (it keeps the cookie secrets and replay timestamps).
+    /// Runs the responder on a `Handshake` frame. The KEM work runs under a shared read
+    /// lock, so handshakes proceed in parallel on all cores; only the cookie-secret
+    /// rotation and the replay-timestamp commit take the write lock, briefly.
     pub(crate) fn handshake(
         &self,
         now: Instant,
@@ -277,7 +278,11 @@ impl XTMPKeyManager {
         require_cookie: bool,
         frame: &[u8],
     ) -> Result<ServerOutcome, XTMPError> {
-        lock(&self.handshaker).handle(now, peer, require_cookie, frame, &mut OsRng)
+        write(&self.handshaker).maintain(now, &mut OsRng);
+        let out =
+            read(&self.handshaker).handle_shared(now, peer, require_cookie, frame, &mut OsRng)?;
+        write(&self.handshaker).commit(&out)?;
+        Ok(out)
     }
 }
 
@@ -434,4 +439,12 @@ impl XTMPConnectionManager {
         conn.request_close(code, reason);
         true
     }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -76,9 +76,9 @@ impl HandlerError {
     pub fn failed(reason: impl Into<String>) -> Self {
         Self::new(ErrorCode::HANDLER_ERROR, reason)
     }
-    /// A payload the handler cannot parse (reported as `HANDLER_ERROR`).
+    /// A payload the handler cannot parse (reported as `BAD_REQUEST`).
     pub fn bad_request(reason: impl Into<String>) -> Self {
-        Self::new(ErrorCode::HANDLER_ERROR, reason)
+        Self::new(ErrorCode::BAD_REQUEST, reason)
     }
     /// `NOT_PERMITTED`: this session may not send this message.
     pub fn not_permitted(reason: impl Into<String>) -> Self {
@@ -262,7 +262,7 @@ impl XTMPMessageRouter {
     }
 
     /// Registers a typed handler: the payload is decoded from JSON into `Req` (a decode
-    /// failure is answered with `HANDLER_ERROR`), and the `Resp` is encoded as the
+    /// failure is answered with `BAD_REQUEST`), and the `Resp` is encoded as the
     /// response body.
     ///
     /// # Panics
@@ -896,7 +896,7 @@ mod tests {
         let ok = route.call(ctx.clone(), mk(br#"{"a":41}"#)).await.unwrap();
         assert_eq!(ok, Reply::Response(br#"{"b":42}"#.to_vec()));
         let err = route.call(ctx.clone(), mk(b"nope")).await.unwrap_err();
-        assert_eq!(err.code, ErrorCode::HANDLER_ERROR);
+        assert_eq!(err.code, ErrorCode::BAD_REQUEST);
         assert_eq!(ctx.push_sink().unwrap_err(), PushError::Unavailable);
     }
 }

@@ -949,7 +949,7 @@ async fn server_handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     fr: &mut FrameReader<R>,
     w: &mut W,
     peer: SocketAddr,
-) -> Result<(Box<Session>, Option<[u8; 32]>), HsError> {
+) -> Result<(Box<Session>, Option<[u8; 32]>, Vec<u8>), HsError> {
     let peer_bytes = peer.to_string().into_bytes();
     let counters = shared.counters.clone();
     let count_rx = move |n: u64| ServerCounters::add(&counters.bytes_received, n);
@@ -991,12 +991,11 @@ async fn server_handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 ack,
                 session,
                 client_key,
+                ..
             }) => {
-                write_all_timeout(w, &ack, shared.opts.write_timeout)
-                    .await
-                    .map_err(|_| HsError::Gone)?;
-                ServerCounters::add(&shared.counters.bytes_sent, ack.len() as u64);
-                return Ok((session, client_key));
+                // The ack is written by the caller once the session is registered, so a
+                // client that has its answer always finds its session in the manager.
+                return Ok((session, client_key, ack));
             }
             Err(e) => {
                 debug!(%peer, error = %e, "handshake failed");
@@ -1062,7 +1061,7 @@ async fn handle_connection<S: StreamTransport>(
         _ = shared.shutdown.cancelled() => Ok(Err(HsError::Refuse(ErrorCode::SHUTTING_DOWN, "server is shutting down"))),
     };
     drop(in_progress);
-    let (session, client_key) = match hs {
+    let (session, client_key, ack) = match hs {
         Ok(Ok(x)) => x,
         Ok(Err(HsError::Refuse(code, reason))) => {
             ServerCounters::add(&shared.counters.handshakes_failed, 1);
@@ -1156,6 +1155,14 @@ async fn handle_connection<S: StreamTransport>(
         warn!("session id collision; closing the new session");
         lock(&conn.state).fatal(&shared.counters, ErrorCode::INTERNAL, "internal error", 0);
     }
+    if write_all_timeout(&mut w, &ack, shared.opts.write_timeout)
+        .await
+        .is_err()
+    {
+        shared.manager.remove(session_id);
+        return;
+    }
+    ServerCounters::add(&shared.counters.bytes_sent, ack.len() as u64);
     debug!(%peer, session = %format_args!("{session_id:016x}"), "session established");
     tokio::join!(conn_reader(conn.clone(), fr), conn_writer(conn.clone(), w));
     conn.close.cancel();

@@ -58,7 +58,7 @@ async fn priority_response_overtakes_queued_responses() {
     })
     .await;
     let prio = raw.seal(MessageType::WalletAuth, XTMPFlags::PRIORITY, b"now");
-    let prio_seq = NORMAL;
+    let prio_seq = NORMAL + 1; // session frames are numbered from 1
     raw.send_raw(&prio).await;
     eventually("priority request handled", || {
         server
@@ -94,7 +94,7 @@ async fn priority_response_overtakes_queued_responses() {
     // Every request got exactly one answer.
     let mut sorted = order.clone();
     sorted.sort_unstable();
-    assert_eq!(sorted, (0..=NORMAL).collect::<Vec<_>>());
+    assert_eq!(sorted, (1..=NORMAL + 1).collect::<Vec<_>>());
     server.shutdown().await;
 }
 

@@ -349,7 +349,7 @@ async fn typed_json_helpers() {
         .request(MessageType::WalletBalance, b"not json".to_vec())
         .await
         .unwrap_err();
-    assert_eq!(remote_code(&e), ErrorCode::HANDLER_ERROR);
+    assert_eq!(remote_code(&e), ErrorCode::BAD_REQUEST);
     server.shutdown().await;
 }
 

@@ -52,7 +52,7 @@ impl ReadTx for Snap {
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<super::Entries, StoreError> {
         Ok(self
             .0
             .range((table, start.to_vec())..)
@@ -63,7 +63,11 @@ impl ReadTx for Snap {
     }
 
     fn count(&self, table: Table) -> Result<u64, StoreError> {
-        Ok(self.0.range((table, Vec::new())..).take_while(|((t, _), _)| *t == table).count() as u64)
+        Ok(self
+            .0
+            .range((table, Vec::new())..)
+            .take_while(|((t, _), _)| *t == table)
+            .count() as u64)
     }
 }
 
@@ -80,8 +84,8 @@ impl Store for MemoryStore {
         let writes = {
             let base = Snap(guard.clone());
             let mut tx = OpTx::new(&base);
-            let outcome =
-                catch_unwind(AssertUnwindSafe(|| op(&mut tx))).map_err(|_| StoreError::OpPanicked)?;
+            let outcome = catch_unwind(AssertUnwindSafe(|| op(&mut tx)))
+                .map_err(|_| StoreError::OpPanicked)?;
             if outcome == Outcome::Discard {
                 self.discarded.fetch_add(1, Ordering::Relaxed);
                 return Ok(());

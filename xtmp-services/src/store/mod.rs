@@ -20,7 +20,7 @@ mod overlay;
 mod redb_store;
 
 pub use memory::MemoryStore;
-pub use overlay::OpTx;
+pub use overlay::{BaseGet, OpTx};
 pub use redb_store::{RedbStore, RedbStoreOptions};
 
 /// The tables of the application state. Keys and values are bytes; their layout is
@@ -104,6 +104,9 @@ pub enum StoreError {
     OpPanicked,
 }
 
+/// Key/value pairs returned by [`ReadTx::scan`].
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A consistent read-only snapshot.
 pub trait ReadTx {
     /// The value at `key`.
@@ -123,7 +126,7 @@ pub trait ReadTx {
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    ) -> Result<Entries, StoreError>;
 
     /// The number of entries in `table`.
     ///

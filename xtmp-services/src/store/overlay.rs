@@ -71,7 +71,9 @@ impl WriteTx for OpTx<'_> {
 
     fn rollback_to(&mut self, sp: Savepoint) {
         while self.undo.len() > sp.0 {
-            let Some((k, prev)) = self.undo.pop() else { break };
+            let Some((k, prev)) = self.undo.pop() else {
+                break;
+            };
             match prev {
                 Some(v) => {
                     self.writes.insert(k, v);

@@ -1,11 +1,18 @@
 use xtmp_services::bundle::bundle_id;
 use xtmp_services::error::codes;
-use xtmp_services::types::{BundleIdRequest, BundleState, BundleSubmitRequest, BundleSyncRequest, TxKind};
+use xtmp_services::types::{
+    BundleIdRequest, BundleState, BundleSubmitRequest, BundleSyncRequest, TxKind,
+};
 use xtmp_services::{client, AppError, Caller};
 
 use crate::common::*;
 
-fn t(from: &xtmp_services::SigningKey, to: &xtmp_services::SigningKey, amount: u64, nonce: u64) -> xtmp_services::types::SignedTransaction {
+fn t(
+    from: &xtmp_services::SigningKey,
+    to: &xtmp_services::SigningKey,
+    amount: u64,
+    nonce: u64,
+) -> xtmp_services::types::SignedTransaction {
     client::sign_transaction(from, TxKind::Transfer, to.address(), amount, nonce).unwrap()
 }
 
@@ -16,12 +23,21 @@ fn submit_validation_failures() {
     let ca = login(&e.svc, 20, &a);
     login(&e.svc, 21, &b);
     fund(&e, a.address(), 10);
-    let sub = |c: &Caller, txs| e.svc.bundle_submit(c, BundleSubmitRequest { transactions: txs }, NOW);
+    let sub = |c: &Caller, txs| {
+        e.svc
+            .bundle_submit(c, BundleSubmitRequest { transactions: txs }, NOW)
+    };
 
-    assert_eq!(sub(&Caller::new(99), vec![t(&a, &b, 1, 0)]).unwrap_err(), AppError::NotAuthenticated);
+    assert_eq!(
+        sub(&Caller::new(99), vec![t(&a, &b, 1, 0)]).unwrap_err(),
+        AppError::NotAuthenticated
+    );
     assert_eq!(sub(&ca, vec![]).unwrap_err(), AppError::BundleEmpty);
     let one = t(&a, &b, 1, 0);
-    assert_eq!(sub(&ca, vec![one.clone(); 1001]).unwrap_err().code(), codes::TOO_LARGE);
+    assert_eq!(
+        sub(&ca, vec![one.clone(); 1001]).unwrap_err().code(),
+        codes::TOO_LARGE
+    );
     assert_eq!(
         sub(&ca, vec![one.clone(), one.clone()]).unwrap_err(),
         AppError::BundleDuplicateTx { index: 1 }
@@ -30,7 +46,11 @@ fn submit_validation_failures() {
     forged.from = a.address();
     let err = sub(&ca, vec![one.clone(), forged]).unwrap_err();
     assert_eq!(err.code(), codes::BAD_SIGNATURE);
-    assert!(err.reason().starts_with("transaction 1:"), "{}", err.reason());
+    assert!(
+        err.reason().starts_with("transaction 1:"),
+        "{}",
+        err.reason()
+    );
     let err = sub(&ca, vec![one.clone(), t(&a, &b, 10, 1)]).unwrap_err();
     assert_eq!(err.code(), codes::INSUFFICIENT_FUNDS);
     let err = sub(&ca, vec![t(&a, &b, 1, 3)]).unwrap_err();
@@ -40,7 +60,12 @@ fn submit_validation_failures() {
     let mint = client::sign_transaction(&e.authority, TxKind::Mint, b.address(), 1, 0).unwrap();
     assert_eq!(sub(&ca, vec![mint]).unwrap_err().code(), codes::FORBIDDEN);
     // Nothing stored.
-    assert!(e.svc.bundle_sync(BundleSyncRequest::default()).unwrap().entries.is_empty());
+    assert!(e
+        .svc
+        .bundle_sync(BundleSyncRequest::default())
+        .unwrap()
+        .entries
+        .is_empty());
     assert_eq!(balance(&e.svc, a.address()), (10, 0));
 }
 
@@ -56,7 +81,16 @@ fn submit_confirm_all_or_nothing_and_sync() {
     // b spends what a sends it earlier in the same bundle: order matters.
     let txs = vec![t(&a, &b, 50, 0), t(&b, &c, 20, 0), t(&a, &c, 5, 1)];
     let id = bundle_id(&txs.iter().map(|x| x.txid()).collect::<Vec<_>>());
-    let r = e.svc.bundle_submit(&ca, BundleSubmitRequest { transactions: txs.clone() }, NOW).unwrap();
+    let r = e
+        .svc
+        .bundle_submit(
+            &ca,
+            BundleSubmitRequest {
+                transactions: txs.clone(),
+            },
+            NOW,
+        )
+        .unwrap();
     assert!(r.created);
     assert_eq!(r.status.bundle_id, id);
     assert_eq!(r.status.state, BundleState::Pending);
@@ -65,17 +99,42 @@ fn submit_confirm_all_or_nothing_and_sync() {
     // Pending: nothing applied.
     assert_eq!(balance(&e.svc, a.address()), (100, 0));
     // Idempotent resubmission.
-    let again = e.svc.bundle_submit(&ca, BundleSubmitRequest { transactions: txs }, NOW).unwrap();
+    let again = e
+        .svc
+        .bundle_submit(&ca, BundleSubmitRequest { transactions: txs }, NOW)
+        .unwrap();
     assert!(!again.created);
     assert_eq!(again.status.bundle_id, id);
 
     // Only the submitter or the authority may confirm.
     let req = BundleIdRequest { bundle_id: id };
-    assert_eq!(e.svc.bundle_confirm(&cb, req.clone(), NOW).unwrap_err().code(), codes::FORBIDDEN);
-    assert_eq!(e.svc.bundle_confirm(&Caller::new(98), req.clone(), NOW).unwrap_err(), AppError::NotAuthenticated);
-    let unknown = BundleIdRequest { bundle_id: [7u8; 32].into() };
-    assert_eq!(e.svc.bundle_confirm(&ca, unknown.clone(), NOW).unwrap_err().code(), codes::BUNDLE_NOT_FOUND);
-    assert_eq!(e.svc.bundle_status(unknown).unwrap_err().code(), codes::BUNDLE_NOT_FOUND);
+    assert_eq!(
+        e.svc
+            .bundle_confirm(&cb, req.clone(), NOW)
+            .unwrap_err()
+            .code(),
+        codes::FORBIDDEN
+    );
+    assert_eq!(
+        e.svc
+            .bundle_confirm(&Caller::new(98), req.clone(), NOW)
+            .unwrap_err(),
+        AppError::NotAuthenticated
+    );
+    let unknown = BundleIdRequest {
+        bundle_id: [7u8; 32].into(),
+    };
+    assert_eq!(
+        e.svc
+            .bundle_confirm(&ca, unknown.clone(), NOW)
+            .unwrap_err()
+            .code(),
+        codes::BUNDLE_NOT_FOUND
+    );
+    assert_eq!(
+        e.svc.bundle_status(unknown).unwrap_err().code(),
+        codes::BUNDLE_NOT_FOUND
+    );
 
     let st = e.svc.bundle_confirm(&ca, req.clone(), NOW + 5).unwrap();
     assert_eq!(st.state, BundleState::Confirmed);
@@ -83,18 +142,38 @@ fn submit_confirm_all_or_nothing_and_sync() {
     assert_eq!(balance(&e.svc, a.address()), (45, 2));
     assert_eq!(balance(&e.svc, b.address()), (30, 1));
     assert_eq!(balance(&e.svc, c.address()), (25, 0));
-    assert_eq!(e.svc.bundle_confirm(&ca, req.clone(), NOW).unwrap_err().code(), codes::BUNDLE_FINAL);
-    assert_eq!(e.svc.bundle_status(req).unwrap().state, BundleState::Confirmed);
+    assert_eq!(
+        e.svc
+            .bundle_confirm(&ca, req.clone(), NOW)
+            .unwrap_err()
+            .code(),
+        codes::BUNDLE_FINAL
+    );
+    assert_eq!(
+        e.svc.bundle_status(req).unwrap().state,
+        BundleState::Confirmed
+    );
 
     // A bundle whose second transaction no longer applies is rejected whole.
     let txs2 = vec![t(&a, &c, 1, 2), t(&b, &c, 10, 1)];
-    let id2 = e.svc.bundle_submit(&ca, BundleSubmitRequest { transactions: txs2 }, NOW).unwrap().status.bundle_id;
+    let id2 = e
+        .svc
+        .bundle_submit(&ca, BundleSubmitRequest { transactions: txs2 }, NOW)
+        .unwrap()
+        .status
+        .bundle_id;
     // b uses its nonce 1 directly in the meantime.
     transfer(&e.svc, &cb, &b, a.address(), 1).unwrap();
-    let err = e.svc.bundle_confirm(&ca, BundleIdRequest { bundle_id: id2 }, NOW).unwrap_err();
+    let err = e
+        .svc
+        .bundle_confirm(&ca, BundleIdRequest { bundle_id: id2 }, NOW)
+        .unwrap_err();
     assert_eq!(err.code(), codes::BUNDLE_REJECTED);
     assert!(err.reason().contains("transaction 1"), "{}", err.reason());
-    let st2 = e.svc.bundle_status(BundleIdRequest { bundle_id: id2 }).unwrap();
+    let st2 = e
+        .svc
+        .bundle_status(BundleIdRequest { bundle_id: id2 })
+        .unwrap();
     assert_eq!(st2.state, BundleState::Rejected);
     assert!(st2.reason.unwrap().contains("nonce"));
     // The first transaction (valid on its own) was not applied either.
@@ -104,13 +183,22 @@ fn submit_confirm_all_or_nothing_and_sync() {
     // The authority may confirm anyone's bundle.
     let id3 = e
         .svc
-        .bundle_submit(&ca, BundleSubmitRequest { transactions: vec![t(&a, &c, 1, 2)] }, NOW)
+        .bundle_submit(
+            &ca,
+            BundleSubmitRequest {
+                transactions: vec![t(&a, &c, 1, 2)],
+            },
+            NOW,
+        )
         .unwrap()
         .status
         .bundle_id;
     let auth = Caller::new(AUTHORITY_SESSION);
     assert_eq!(
-        e.svc.bundle_confirm(&auth, BundleIdRequest { bundle_id: id3 }, NOW).unwrap().state,
+        e.svc
+            .bundle_confirm(&auth, BundleIdRequest { bundle_id: id3 }, NOW)
+            .unwrap()
+            .state,
         BundleState::Confirmed
     );
 
@@ -118,7 +206,11 @@ fn submit_confirm_all_or_nothing_and_sync() {
     let all = e.svc.bundle_sync(BundleSyncRequest::default()).unwrap();
     assert_eq!(all.entries.len(), 6);
     assert!(!all.more);
-    let states: Vec<_> = all.entries.iter().map(|x| (x.bundle.bundle_id, x.state)).collect();
+    let states: Vec<_> = all
+        .entries
+        .iter()
+        .map(|x| (x.bundle.bundle_id, x.state))
+        .collect();
     assert_eq!(
         states,
         vec![
@@ -142,7 +234,10 @@ fn submit_confirm_all_or_nothing_and_sync() {
             })
             .unwrap();
         for en in &page.entries {
-            assert_eq!(en.transactions.as_ref().unwrap().len() as u32, en.bundle.transaction_count);
+            assert_eq!(
+                en.transactions.as_ref().unwrap().len() as u32,
+                en.bundle.transaction_count
+            );
             seen.push(en.cursor);
         }
         cursor = page.next_cursor;
@@ -152,7 +247,13 @@ fn submit_confirm_all_or_nothing_and_sync() {
     }
     assert_eq!(seen, vec![1, 2, 3, 4, 5, 6]);
     // Past the end.
-    let end = e.svc.bundle_sync(BundleSyncRequest { cursor: u64::MAX, ..Default::default() }).unwrap();
+    let end = e
+        .svc
+        .bundle_sync(BundleSyncRequest {
+            cursor: u64::MAX,
+            ..Default::default()
+        })
+        .unwrap();
     assert!(end.entries.is_empty());
     assert_eq!(end.next_cursor, u64::MAX);
 }

@@ -31,22 +31,34 @@ pub fn env() -> Env {
     let svc = Services::open(config(dir.path())).unwrap();
     let authority = key(0xAA);
     login(&svc, AUTHORITY_SESSION, &authority);
-    Env { dir, svc, authority }
+    Env {
+        dir,
+        svc,
+        authority,
+    }
 }
 
 /// Registers `k` and binds `session` to it.
 pub fn login(svc: &Services, session: u64, k: &SigningKey) -> Caller {
     let c = Caller::new(session);
-    svc.wallet_register(&c, client::register_request(k), NOW).unwrap();
-    let s1 = svc.wallet_auth(&c, client::auth_challenge_request(k), NOW).unwrap();
-    let r = svc.wallet_auth(&c, client::auth_answer_request(k, &s1).unwrap(), NOW).unwrap();
+    svc.wallet_register(&c, client::register_request(k), NOW)
+        .unwrap();
+    let s1 = svc
+        .wallet_auth(&c, client::auth_challenge_request(k), NOW)
+        .unwrap();
+    let r = svc
+        .wallet_auth(&c, client::auth_answer_request(k, &s1).unwrap(), NOW)
+        .unwrap();
     assert!(r.authenticated);
     c
 }
 
 pub fn balance(svc: &Services, a: Address) -> (u64, u64) {
     let b = svc
-        .wallet_balance(&Caller::new(999_999), WalletBalanceRequest { address: Some(a) })
+        .wallet_balance(
+            &Caller::new(999_999),
+            WalletBalanceRequest { address: Some(a) },
+        )
         .unwrap();
     (b.balance, b.next_nonce)
 }
@@ -61,7 +73,13 @@ pub fn fund(env: &Env, to: Address, amount: u64) {
 }
 
 /// Sends a transfer from `from` (whose session is `c`) with its current nonce.
-pub fn transfer(svc: &Services, c: &Caller, from: &SigningKey, to: Address, amount: u64) -> Result<(), AppError> {
+pub fn transfer(
+    svc: &Services,
+    c: &Caller,
+    from: &SigningKey,
+    to: Address,
+    amount: u64,
+) -> Result<(), AppError> {
     let (_, nonce) = balance(svc, from.address());
     let tx = client::sign_transaction(from, TxKind::Transfer, to, amount, nonce).unwrap();
     svc.wallet_transaction(c, tx, NOW).map(|_| ())

@@ -36,12 +36,24 @@ fn concurrent_transfers_conserve_the_total() {
                 let to = &wallets[(me + 1 + (i as usize * 7 + t as usize) % 5) % 6];
                 let (_, nonce) = balance(&svc, wallets[me].address());
                 let amount = 1 + (i * 13 + t) % 40;
-                let tx = client::sign_transaction(&wallets[me], TxKind::Transfer, to.address(), amount, nonce).unwrap();
+                let tx = client::sign_transaction(
+                    &wallets[me],
+                    TxKind::Transfer,
+                    to.address(),
+                    amount,
+                    nonce,
+                )
+                .unwrap();
                 match svc.wallet_transaction(&c, tx, NOW) {
                     Ok(_) => ok += 1,
                     Err(err) => assert!(
-                        [codes::NONCE_REPLAYED, codes::NONCE_GAP, codes::DUPLICATE_TRANSACTION, codes::INSUFFICIENT_FUNDS]
-                            .contains(&err.code()),
+                        [
+                            codes::NONCE_REPLAYED,
+                            codes::NONCE_GAP,
+                            codes::DUPLICATE_TRANSACTION,
+                            codes::INSUFFICIENT_FUNDS
+                        ]
+                        .contains(&err.code()),
                         "unexpected {err:?}"
                     ),
                 }
@@ -50,11 +62,33 @@ fn concurrent_transfers_conserve_the_total() {
                     // rejected if another session took the nonce in between.
                     let (_, nonce) = balance(&svc, wallets[me].address());
                     let txs = vec![
-                        client::sign_transaction(&wallets[me], TxKind::Transfer, to.address(), 1, nonce).unwrap(),
-                        client::sign_transaction(&wallets[me], TxKind::Transfer, to.address(), 2, nonce + 1).unwrap(),
+                        client::sign_transaction(
+                            &wallets[me],
+                            TxKind::Transfer,
+                            to.address(),
+                            1,
+                            nonce,
+                        )
+                        .unwrap(),
+                        client::sign_transaction(
+                            &wallets[me],
+                            TxKind::Transfer,
+                            to.address(),
+                            2,
+                            nonce + 1,
+                        )
+                        .unwrap(),
                     ];
-                    if let Ok(r) = svc.bundle_submit(&c, BundleSubmitRequest { transactions: txs }, NOW) {
-                        match svc.bundle_confirm(&c, BundleIdRequest { bundle_id: r.status.bundle_id }, NOW) {
+                    if let Ok(r) =
+                        svc.bundle_submit(&c, BundleSubmitRequest { transactions: txs }, NOW)
+                    {
+                        match svc.bundle_confirm(
+                            &c,
+                            BundleIdRequest {
+                                bundle_id: r.status.bundle_id,
+                            },
+                            NOW,
+                        ) {
                             Ok(_) => ok += 2,
                             Err(err) => assert_eq!(err.code(), codes::BUNDLE_REJECTED, "{err:?}"),
                         }
@@ -72,7 +106,10 @@ fn concurrent_transfers_conserve_the_total() {
     let nonces: u64 = wallets.iter().map(|w| balance(&svc, w.address()).1).sum();
     assert_eq!(nonces, applied as u64);
     let st = svc.store().stats();
-    assert!(st.commits < st.ops_committed + st.ops_discarded, "group commit never batched: {st:?}");
+    assert!(
+        st.commits < st.ops_committed + st.ops_discarded,
+        "group commit never batched: {st:?}"
+    );
 }
 
 #[test]
@@ -91,4 +128,55 @@ fn memory_store_runs_the_same_logic() {
     assert_eq!(balance(&svc, b.address()), (10, 0));
     assert_eq!(total_balances(&svc), 10);
     let _ = Caller::new(0);
+}
+
+/// Notifications of concurrent writes come out in commit order: a wallet that only
+/// receives sees its balance strictly increase, ending at its final balance.
+#[test]
+fn notifications_follow_commit_order() {
+    let e = env();
+    let sink = key(50);
+    login(&e.svc, 500, &sink);
+    let senders: Vec<_> = (51..59).map(key).collect();
+    for (i, s) in senders.iter().enumerate() {
+        login(&e.svc, 600 + i as u64, s);
+        fund(&e, s.address(), 10_000);
+    }
+    let mut rx = e.svc.subscribe();
+    let svc = Arc::new(e.svc);
+    let handles: Vec<_> = senders
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let svc = svc.clone();
+            let to = sink.address();
+            std::thread::spawn(move || {
+                let c = Caller::new(600 + i as u64);
+                for n in 0..20 {
+                    let tx = client::sign_transaction(&s, TxKind::Transfer, to, 1 + n, n).unwrap();
+                    svc.wallet_transaction(&c, tx, NOW).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let mut balances = Vec::new();
+    while let Ok(n) = rx.try_recv() {
+        if let xtmp_services::events::Event::Wallet {
+            address, balance, ..
+        } = n.event
+        {
+            if address == sink.address() {
+                balances.push(balance);
+            }
+        }
+    }
+    assert_eq!(balances.len(), 160);
+    assert!(
+        balances.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {balances:?}"
+    );
+    assert_eq!(*balances.last().unwrap(), balance(&svc, sink.address()).0);
 }

@@ -48,9 +48,15 @@ fn documented_json_round_trip() {
 
     fund(&e, a.address(), 9);
     let b = call(MessageType::WalletBalance, json!({}));
-    assert_eq!((b["balance"].as_u64(), b["next_nonce"].as_u64()), (Some(9), Some(0)));
+    assert_eq!(
+        (b["balance"].as_u64(), b["next_nonce"].as_u64()),
+        (Some(9), Some(0))
+    );
     // An empty payload is the default request.
-    let out = e.svc.handle(&c, MessageType::WalletBalance, b"", NOW).unwrap();
+    let out = e
+        .svc
+        .handle(&c, MessageType::WalletBalance, b"", NOW)
+        .unwrap();
     assert_eq!(serde_json::from_slice::<Value>(&out).unwrap()["balance"], 9);
 
     let tx = serde_json::to_value(
@@ -61,9 +67,15 @@ fn documented_json_round_trip() {
     let r = call(MessageType::WalletTransaction, tx);
     assert_eq!(r["from_balance"], 5);
 
-    let q = call(MessageType::QLOCKRequest, json!({"op": "acquire", "name": "n", "lease_ms": 100}));
+    let q = call(
+        MessageType::QLOCKRequest,
+        json!({"op": "acquire", "name": "n", "lease_ms": 100}),
+    );
     assert_eq!(q["held_by_you"], true);
-    let st = call(MessageType::RegistryStamp, json!({"digest": "00".repeat(32)}));
+    let st = call(
+        MessageType::RegistryStamp,
+        json!({"digest": "00".repeat(32)}),
+    );
     assert_eq!(st["serial"], 1);
     let iss = call(MessageType::TLSLSRequest, json!({"op": "issuer"}));
     assert_eq!(iss["issuer_key_id"], hex::encode(e.svc.server_key_id()));
@@ -71,15 +83,46 @@ fn documented_json_round_trip() {
     assert_eq!(sync["entries"], json!([]));
 
     // Errors carry application codes.
-    let err = e.svc.handle(&c, MessageType::QLOCKRequest, br#"{"op":"explode","name":"n"}"#, NOW).unwrap_err();
+    let err = e
+        .svc
+        .handle(
+            &c,
+            MessageType::QLOCKRequest,
+            br#"{"op":"explode","name":"n"}"#,
+            NOW,
+        )
+        .unwrap_err();
     assert_eq!(err.code(), codes::BAD_REQUEST);
-    let err = e.svc.handle(&c, MessageType::Heartbeat, b"{}", NOW).unwrap_err();
+    let bad_addr = br#"{"address":"xwXYZ"}"#;
+    let err = e
+        .svc
+        .handle(&c, MessageType::WalletBalance, bad_addr, NOW)
+        .unwrap_err();
+    assert_eq!(err.code(), codes::INVALID_ADDRESS);
+    let err = e
+        .svc
+        .handle(&c, MessageType::Heartbeat, b"{}", NOW)
+        .unwrap_err();
     assert_eq!(err.code(), codes::BAD_REQUEST);
     let m = e.svc.metrics().unwrap();
-    let wt = m.operations.iter().find(|o| o.message_type == "WalletTransaction").unwrap();
+    let wt = m
+        .operations
+        .iter()
+        .find(|o| o.message_type == "WalletTransaction")
+        .unwrap();
     assert_eq!((wt.requests, wt.errors), (1, 0));
-    let q = m.operations.iter().find(|o| o.message_type == "QLOCKRequest").unwrap();
+    let q = m
+        .operations
+        .iter()
+        .find(|o| o.message_type == "QLOCKRequest")
+        .unwrap();
     assert_eq!((q.requests, q.errors), (2, 1));
+    let wb = m
+        .operations
+        .iter()
+        .find(|o| o.message_type == "WalletBalance")
+        .unwrap();
+    assert_eq!((wb.requests, wb.errors), (3, 1));
 }
 
 /// Deterministic pseudo-random bytes (xorshift).
@@ -158,7 +201,10 @@ fn live_filters_and_events_after_commit() {
         registry_keys: (0..300).map(|i| format!("k{i}")).collect(),
         ..Default::default()
     };
-    assert_eq!(LiveFilter::from_request(&too_many).unwrap_err().code(), codes::TOO_LARGE);
+    assert_eq!(
+        LiveFilter::from_request(&too_many).unwrap_err().code(),
+        codes::TOO_LARGE
+    );
 
     let mut rx = e.svc.subscribe();
     transfer(&e.svc, &ca, &a, b.address(), 7).unwrap();
@@ -172,7 +218,12 @@ fn live_filters_and_events_after_commit() {
     }
     assert_eq!(seen.len(), 1);
     match &seen[0] {
-        Event::Wallet { address, balance, txid, .. } => {
+        Event::Wallet {
+            address,
+            balance,
+            txid,
+            ..
+        } => {
             assert_eq!((*address, *balance), (b.address(), 7));
             assert!(txid.is_some());
         }

@@ -6,8 +6,15 @@ use xtmp_services::{AppError, Caller, Services, SessionId};
 use crate::common::*;
 
 fn acquire(svc: &Services, c: &Caller, name: &str, lease: u64, now: u64) -> Result<u64, AppError> {
-    svc.qlock(c, QlockRequest::Acquire { name: name.into(), lease_ms: lease }, now)
-        .map(|r| r.fencing_token.unwrap())
+    svc.qlock(
+        c,
+        QlockRequest::Acquire {
+            name: name.into(),
+            lease_ms: lease,
+        },
+        now,
+    )
+    .map(|r| r.fencing_token.unwrap())
 }
 
 #[test]
@@ -18,11 +25,16 @@ fn acquire_renew_release_inspect() {
     // Held by someone else.
     assert_eq!(
         acquire(&e.svc, &s2, "db", 10_000, NOW).unwrap_err(),
-        AppError::LockHeld { expires_at_ms: NOW + 10_000 }
+        AppError::LockHeld {
+            expires_at_ms: NOW + 10_000
+        }
     );
     // Re-acquiring our own lock extends it and keeps the token.
     assert_eq!(acquire(&e.svc, &s1, "db", 20_000, NOW + 1).unwrap(), t1);
-    let ins = e.svc.qlock(&s2, QlockRequest::Inspect { name: "db".into() }, NOW + 2).unwrap();
+    let ins = e
+        .svc
+        .qlock(&s2, QlockRequest::Inspect { name: "db".into() }, NOW + 2)
+        .unwrap();
     assert!(ins.held && !ins.held_by_you);
     assert_eq!(ins.fencing_token, Some(t1));
     assert_eq!(ins.expires_at_ms, Some(NOW + 20_001));
@@ -30,30 +42,72 @@ fn acquire_renew_release_inspect() {
     assert_eq!(ins.holder_wallet, Some(e.authority.address()));
 
     let renew = |c: &Caller, tok, now| {
-        e.svc.qlock(c, QlockRequest::Renew { name: "db".into(), fencing_token: tok, lease_ms: 5_000 }, now)
+        e.svc.qlock(
+            c,
+            QlockRequest::Renew {
+                name: "db".into(),
+                fencing_token: tok,
+                lease_ms: 5_000,
+            },
+            now,
+        )
     };
     assert_eq!(renew(&s2, t1, NOW + 3).unwrap_err(), AppError::LockNotHeld);
-    assert_eq!(renew(&s1, t1 + 7, NOW + 3).unwrap_err(), AppError::StaleFencingToken { current: t1 });
+    assert_eq!(
+        renew(&s1, t1 + 7, NOW + 3).unwrap_err(),
+        AppError::StaleFencingToken { current: t1 }
+    );
     let r = renew(&s1, t1, NOW + 3).unwrap();
     assert_eq!(r.expires_at_ms, Some(NOW + 5_003));
     assert!(r.held_by_you);
 
-    let release = |c: &Caller, tok| e.svc.qlock(c, QlockRequest::Release { name: "db".into(), fencing_token: tok }, NOW + 4);
+    let release = |c: &Caller, tok| {
+        e.svc.qlock(
+            c,
+            QlockRequest::Release {
+                name: "db".into(),
+                fencing_token: tok,
+            },
+            NOW + 4,
+        )
+    };
     assert_eq!(release(&s2, t1).unwrap_err(), AppError::LockNotHeld);
-    assert_eq!(release(&s1, t1 + 1).unwrap_err().code(), codes::STALE_FENCING_TOKEN);
+    assert_eq!(
+        release(&s1, t1 + 1).unwrap_err().code(),
+        codes::STALE_FENCING_TOKEN
+    );
     assert!(!release(&s1, t1).unwrap().held);
     assert_eq!(release(&s1, t1).unwrap_err(), AppError::LockNotHeld);
-    let ins = e.svc.qlock(&s2, QlockRequest::Inspect { name: "db".into() }, NOW + 5).unwrap();
+    let ins = e
+        .svc
+        .qlock(&s2, QlockRequest::Inspect { name: "db".into() }, NOW + 5)
+        .unwrap();
     assert!(!ins.held);
 
     let t2 = acquire(&e.svc, &s2, "db", 1_000, NOW + 6).unwrap();
     assert!(t2 > t1);
 
     // Input checks.
-    assert_eq!(acquire(&e.svc, &s1, "x", 0, NOW).unwrap_err().code(), codes::INVALID_LEASE);
-    assert_eq!(acquire(&e.svc, &s1, "x", 3_600_001, NOW).unwrap_err().code(), codes::INVALID_LEASE);
-    assert_eq!(acquire(&e.svc, &s1, "", 10, NOW).unwrap_err().code(), codes::INVALID_LOCK_NAME);
-    assert_eq!(acquire(&e.svc, &s1, &"n".repeat(257), 10, NOW).unwrap_err().code(), codes::INVALID_LOCK_NAME);
+    assert_eq!(
+        acquire(&e.svc, &s1, "x", 0, NOW).unwrap_err().code(),
+        codes::INVALID_LEASE
+    );
+    assert_eq!(
+        acquire(&e.svc, &s1, "x", 3_600_001, NOW)
+            .unwrap_err()
+            .code(),
+        codes::INVALID_LEASE
+    );
+    assert_eq!(
+        acquire(&e.svc, &s1, "", 10, NOW).unwrap_err().code(),
+        codes::INVALID_LOCK_NAME
+    );
+    assert_eq!(
+        acquire(&e.svc, &s1, &"n".repeat(257), 10, NOW)
+            .unwrap_err()
+            .code(),
+        codes::INVALID_LOCK_NAME
+    );
 }
 
 #[test]
@@ -62,12 +116,25 @@ fn expiry_and_session_death_free_the_lock() {
     let (s1, s2) = (Caller::new(1), Caller::new(2));
     let mut events = e.svc.subscribe();
     let t1 = acquire(&e.svc, &s1, "job", 1_000, NOW).unwrap();
-    assert_eq!(acquire(&e.svc, &s2, "job", 1_000, NOW + 999).unwrap_err().code(), codes::LOCK_HELD);
+    assert_eq!(
+        acquire(&e.svc, &s2, "job", 1_000, NOW + 999)
+            .unwrap_err()
+            .code(),
+        codes::LOCK_HELD
+    );
     // At the end of the lease the lock is free; a new holder gets a larger token.
     let t2 = acquire(&e.svc, &s2, "job", 1_000, NOW + 1_000).unwrap();
     assert!(t2 > t1);
     // The old holder can no longer renew or release.
-    let r = e.svc.qlock(&s1, QlockRequest::Renew { name: "job".into(), fencing_token: t1, lease_ms: 10 }, NOW + 1_001);
+    let r = e.svc.qlock(
+        &s1,
+        QlockRequest::Renew {
+            name: "job".into(),
+            fencing_token: t1,
+            lease_ms: 10,
+        },
+        NOW + 1_001,
+    );
     assert_eq!(r.unwrap_err(), AppError::LockNotHeld);
 
     // Session death.
@@ -81,7 +148,12 @@ fn expiry_and_session_death_free_the_lock() {
 
     let mut states = Vec::new();
     while let Ok(n) = events.try_recv() {
-        if let Event::Lock { state, fencing_token, .. } = n.event {
+        if let Event::Lock {
+            state,
+            fencing_token,
+            ..
+        } = n.event
+        {
             states.push((state, fencing_token));
         }
     }
@@ -107,7 +179,10 @@ fn per_session_limit() {
     let c = Caller::new(1);
     acquire(&svc, &c, "a", 100, NOW).unwrap();
     acquire(&svc, &c, "b", 100, NOW).unwrap();
-    assert_eq!(acquire(&svc, &c, "c", 100, NOW).unwrap_err().code(), codes::LIMIT_REACHED);
+    assert_eq!(
+        acquire(&svc, &c, "c", 100, NOW).unwrap_err().code(),
+        codes::LIMIT_REACHED
+    );
     // Another session is not affected.
     acquire(&svc, &Caller::new(2), "c", 100, NOW).unwrap();
 }

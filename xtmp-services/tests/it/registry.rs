@@ -22,10 +22,17 @@ fn compare_and_set_by_the_owner() {
     login(&e.svc, 21, &b);
     let c = Caller::new(30); // Updates need no session binding, only the owner's signature.
     let up = |k: &xtmp_services::SigningKey, key: &str, v: &str, ver| {
-        e.svc.registry_update(&c, client::sign_registry_update(k, key, v, ver).unwrap(), NOW)
+        e.svc.registry_update(
+            &c,
+            client::sign_registry_update(k, key, v, ver).unwrap(),
+            NOW,
+        )
     };
 
-    assert_eq!(get(&e.svc, "svc/a").unwrap_err(), AppError::RegistryKeyNotFound);
+    assert_eq!(
+        get(&e.svc, "svc/a").unwrap_err(),
+        AppError::RegistryKeyNotFound
+    );
     let r = up(&a, "svc/a", "one", 0).unwrap();
     assert_eq!((r.version, r.owner), (1, a.address()));
     let r = up(&a, "svc/a", "two", 1).unwrap();
@@ -36,28 +43,52 @@ fn compare_and_set_by_the_owner() {
     // A writer that read version 1 loses.
     assert_eq!(
         up(&a, "svc/a", "stale", 1).unwrap_err(),
-        AppError::StaleVersion { expected: 1, current: 2 }
+        AppError::StaleVersion {
+            expected: 1,
+            current: 2
+        }
     );
     // Creating with a nonzero version.
-    assert_eq!(up(&a, "svc/new", "x", 3).unwrap_err().code(), codes::STALE_VERSION);
+    assert_eq!(
+        up(&a, "svc/new", "x", 3).unwrap_err().code(),
+        codes::STALE_VERSION
+    );
     // Someone else, signing as themselves.
     assert_eq!(up(&b, "svc/a", "mine", 2).unwrap_err(), AppError::NotOwner);
     // Someone else, claiming to be the owner.
     let mut forged = client::sign_registry_update(&b, "svc/a", "mine", 2).unwrap();
     forged.owner = a.address();
-    assert_eq!(e.svc.registry_update(&c, forged, NOW).unwrap_err(), AppError::BadSignature);
+    assert_eq!(
+        e.svc.registry_update(&c, forged, NOW).unwrap_err(),
+        AppError::BadSignature
+    );
     // Value changed after signing.
     let mut tampered = client::sign_registry_update(&a, "svc/a", "three", 2).unwrap();
     tampered.value = "evil".into();
-    assert_eq!(e.svc.registry_update(&c, tampered, NOW).unwrap_err(), AppError::BadSignature);
+    assert_eq!(
+        e.svc.registry_update(&c, tampered, NOW).unwrap_err(),
+        AppError::BadSignature
+    );
     // Unregistered owner.
-    assert_eq!(up(&key(9), "svc/z", "x", 0).unwrap_err().code(), codes::WALLET_NOT_FOUND);
+    assert_eq!(
+        up(&key(9), "svc/z", "x", 0).unwrap_err().code(),
+        codes::WALLET_NOT_FOUND
+    );
     // Limits.
     let big = "v".repeat(64 * 1024 + 1);
-    assert_eq!(up(&a, "svc/big", &big, 0).unwrap_err().code(), codes::TOO_LARGE);
+    assert_eq!(
+        up(&a, "svc/big", &big, 0).unwrap_err().code(),
+        codes::TOO_LARGE
+    );
     up(&a, "svc/max", &"v".repeat(64 * 1024), 0).unwrap();
-    assert_eq!(up(&a, "", "x", 0).unwrap_err().code(), codes::INVALID_REGISTRY_KEY);
-    assert_eq!(up(&a, "a\u{0}b", "x", 0).unwrap_err().code(), codes::INVALID_REGISTRY_KEY);
+    assert_eq!(
+        up(&a, "", "x", 0).unwrap_err().code(),
+        codes::INVALID_REGISTRY_KEY
+    );
+    assert_eq!(
+        up(&a, "a\u{0}b", "x", 0).unwrap_err().code(),
+        codes::INVALID_REGISTRY_KEY
+    );
     assert_eq!(get(&e.svc, "svc/a").unwrap().value, "two");
 }
 
@@ -69,7 +100,11 @@ fn prefix_queries_page_in_key_order() {
     let c = Caller::new(20);
     for k in ["app/1", "app/2", "app/3", "apq", "ap", "zzz"] {
         e.svc
-            .registry_update(&c, client::sign_registry_update(&a, k, "v", 0).unwrap(), NOW)
+            .registry_update(
+                &c,
+                client::sign_registry_update(&a, k, "v", 0).unwrap(),
+                NOW,
+            )
             .unwrap();
     }
     let q = |prefix: &str, after: Option<&str>, limit| {
@@ -82,10 +117,19 @@ fn prefix_queries_page_in_key_order() {
                 limit: Some(limit),
             })
             .unwrap();
-        (r.entries.into_iter().map(|x| x.key).collect::<Vec<_>>(), r.more)
+        (
+            r.entries.into_iter().map(|x| x.key).collect::<Vec<_>>(),
+            r.more,
+        )
     };
-    assert_eq!(q("app/", None, 10), (vec!["app/1".into(), "app/2".into(), "app/3".into()], false));
-    assert_eq!(q("app/", None, 2), (vec!["app/1".into(), "app/2".into()], true));
+    assert_eq!(
+        q("app/", None, 10),
+        (vec!["app/1".into(), "app/2".into(), "app/3".into()], false)
+    );
+    assert_eq!(
+        q("app/", None, 2),
+        (vec!["app/1".into(), "app/2".into()], true)
+    );
     assert_eq!(q("app/", Some("app/2"), 2), (vec!["app/3".into()], false));
     assert_eq!(q("ap", None, 10).0.len(), 5);
     assert_eq!(q("", None, 10).0.len(), 6);
@@ -94,8 +138,17 @@ fn prefix_queries_page_in_key_order() {
         prefix: Some("a".into()),
         ..Default::default()
     };
-    assert_eq!(e.svc.registry_query(both).unwrap_err().code(), codes::BAD_REQUEST);
-    assert_eq!(e.svc.registry_query(RegistryQueryRequest::default()).unwrap_err().code(), codes::BAD_REQUEST);
+    assert_eq!(
+        e.svc.registry_query(both).unwrap_err().code(),
+        codes::BAD_REQUEST
+    );
+    assert_eq!(
+        e.svc
+            .registry_query(RegistryQueryRequest::default())
+            .unwrap_err()
+            .code(),
+        codes::BAD_REQUEST
+    );
 }
 
 #[test]
@@ -105,8 +158,12 @@ fn concurrent_writers_cannot_overwrite_each_other_unseen() {
     login(&e.svc, 20, &a);
     let svc = Arc::new(e.svc);
     let c = Caller::new(20);
-    svc.registry_update(&c, client::sign_registry_update(&a, "k", "v0", 0).unwrap(), NOW)
-        .unwrap();
+    svc.registry_update(
+        &c,
+        client::sign_registry_update(&a, "k", "v0", 0).unwrap(),
+        NOW,
+    )
+    .unwrap();
     // 8 writers all read version 1 and try to write version 2.
     let reqs: Vec<_> = (0..8)
         .map(|i| client::sign_registry_update(&a, "k", &format!("w{i}"), 1).unwrap())
@@ -131,8 +188,22 @@ fn stamps_verify_offline_and_serials_persist() {
     let dir = tempfile::tempdir().unwrap();
     let (pk, first) = {
         let svc = Services::open(config(dir.path())).unwrap();
-        let s1 = svc.registry_stamp(RegistryStampRequest { digest: [1u8; 32].into() }, NOW).unwrap();
-        let s2 = svc.registry_stamp(RegistryStampRequest { digest: [2u8; 32].into() }, NOW + 1).unwrap();
+        let s1 = svc
+            .registry_stamp(
+                RegistryStampRequest {
+                    digest: [1u8; 32].into(),
+                },
+                NOW,
+            )
+            .unwrap();
+        let s2 = svc
+            .registry_stamp(
+                RegistryStampRequest {
+                    digest: [2u8; 32].into(),
+                },
+                NOW + 1,
+            )
+            .unwrap();
         assert_eq!((s1.serial, s2.serial), (1, 2));
         assert_eq!(s2.timestamp_ms, NOW + 1);
         let pk = svc.server_public_key().as_bytes().to_vec();
@@ -141,17 +212,34 @@ fn stamps_verify_offline_and_serials_persist() {
         // Tampering with any field breaks it.
         let mut t = s1.clone();
         t.timestamp_ms += 1;
-        assert_eq!(verify_stamp(&t, &pk).unwrap_err().code(), codes::INVALID_STAMP);
+        assert_eq!(
+            verify_stamp(&t, &pk).unwrap_err().code(),
+            codes::INVALID_STAMP
+        );
         let mut t = s1.clone();
         t.digest = [3u8; 32].into();
-        assert_eq!(verify_stamp(&t, &pk).unwrap_err().code(), codes::INVALID_STAMP);
+        assert_eq!(
+            verify_stamp(&t, &pk).unwrap_err().code(),
+            codes::INVALID_STAMP
+        );
         let mut t = s1.clone();
         t.signature = vec![0; 3309].into();
-        assert_eq!(verify_stamp(&t, &pk).unwrap_err().code(), codes::INVALID_STAMP);
+        assert_eq!(
+            verify_stamp(&t, &pk).unwrap_err().code(),
+            codes::INVALID_STAMP
+        );
         // Another server's key.
         let other = key(5);
-        assert_eq!(verify_stamp(&s1, other.public_key().as_bytes()).unwrap_err().code(), codes::INVALID_STAMP);
-        assert_eq!(verify_stamp(&s1, &[1, 2, 3]).unwrap_err().code(), codes::INVALID_STAMP);
+        assert_eq!(
+            verify_stamp(&s1, other.public_key().as_bytes())
+                .unwrap_err()
+                .code(),
+            codes::INVALID_STAMP
+        );
+        assert_eq!(
+            verify_stamp(&s1, &[1, 2, 3]).unwrap_err().code(),
+            codes::INVALID_STAMP
+        );
         // The receipt round-trips through JSON.
         let j = serde_json::to_string(&s1).unwrap();
         verify_stamp(&serde_json::from_str(&j).unwrap(), &pk).unwrap();
@@ -159,7 +247,14 @@ fn stamps_verify_offline_and_serials_persist() {
     };
     let svc = Services::open(config(dir.path())).unwrap();
     assert_eq!(svc.server_public_key().as_bytes(), pk.as_slice());
-    let s3 = svc.registry_stamp(RegistryStampRequest { digest: [1u8; 32].into() }, NOW).unwrap();
+    let s3 = svc
+        .registry_stamp(
+            RegistryStampRequest {
+                digest: [1u8; 32].into(),
+            },
+            NOW,
+        )
+        .unwrap();
     assert_eq!(s3.serial, 3);
     verify_stamp(&first, svc.server_public_key().as_bytes()).unwrap();
 }
