@@ -119,9 +119,9 @@ pub enum Received<'a> {
         /// The new key generation.
         generation: u32,
     },
-    /// A key-update message that was handled (answer queued) or deliberately ignored
-    /// (a colliding rotation that the client side wins).
-    KeyUpdateProgress,
+    /// A control message the core handled with nothing for the application: a colliding
+    /// key update that the client side wins, or a late/unsolicited pong.
+    Handled,
     /// The peer closed the session.
     Disconnect(DisconnectPayload),
 }
@@ -677,7 +677,7 @@ impl Session {
         if matches!(self.rekey, Rekey::Initiated { .. }) {
             match self.side {
                 // Collision: the client's rotation wins; the server's is dropped by the server.
-                Side::Client => return Ok(Received::KeyUpdateProgress),
+                Side::Client => return Ok(Received::Handled),
                 Side::Server => self.rekey = Rekey::Idle,
             }
         }
@@ -730,9 +730,12 @@ impl Session {
     /// Verifies, decrypts and processes one received frame, in place.
     ///
     /// `frame` must hold exactly one frame (a stream deframer or a datagram walker
-    /// delimits it). The checks run in the order of `PROTOCOL.md` §5.6; any failure
-    /// leaves the session unchanged except for the counters (on an ordered transport the
-    /// caller should then close the connection: the stream can no longer be trusted).
+    /// delimits it). The checks run in the order of `PROTOCOL.md` §5.6. A failure before
+    /// authentication leaves the session unchanged except for the counters. A failure
+    /// after it (bad compressed payload, malformed control payload, unexpected
+    /// `KeyUpdateAck`) has consumed the frame's sequence number. Either way, on an ordered
+    /// transport the caller should then close the connection: the stream can no longer
+    /// be trusted.
     /// `rng` is used only to answer a peer's `KeyUpdate`.
     ///
     /// # Errors
@@ -820,9 +823,10 @@ impl Session {
         if header.nonce != expect_nonce {
             return Err(XTMPError::NonceMismatch);
         }
-        // 13: replay check (cheap, before the AEAD). 0 is the handshake's number.
-        if seq == 0 {
-            return Err(XTMPError::Replay(0));
+        // 13: replay check (cheap, before the AEAD). 0 is the handshake's number, and
+        // u64::MAX is never sent (the window could not record it).
+        if seq == 0 || seq == u64::MAX {
+            return Err(XTMPError::Replay(seq));
         }
         match self.config.replay_mode {
             ReplayMode::Ordered => {
@@ -890,7 +894,7 @@ impl Session {
                                 Ok(Received::Pong { rtt })
                             }
                             // A late or unsolicited pong carries no sample.
-                            _ => Ok(Received::KeyUpdateProgress),
+                            _ => Ok(Received::Handled),
                         }
                     }
                     _ => Err(XTMPError::MalformedPayload(MessageType::Heartbeat)),

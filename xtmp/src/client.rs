@@ -1148,7 +1148,7 @@ async fn client_reader<R: AsyncRead + Unpin>(
                             trace!(generation, "key rotation completed");
                             Act::Nothing
                         }
-                        Received::Ping | Received::KeyUpdateProgress => Act::Nothing,
+                        Received::Ping | Received::Handled => Act::Nothing,
                     }
                 }
             };

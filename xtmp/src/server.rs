@@ -1282,7 +1282,7 @@ async fn process_frame(conn: &Arc<ServerConn>, mut frame: BytesMut) -> bool {
                         trace!(generation, "key rotation completed");
                         Incoming::Nothing
                     }
-                    Received::Ping | Received::KeyUpdateProgress => Incoming::Nothing,
+                    Received::Ping | Received::Handled => Incoming::Nothing,
                     Received::Disconnect(d) => {
                         debug!(code = ?d.code, reason = %d.reason, "peer disconnected");
                         if st.closing.is_none() {
