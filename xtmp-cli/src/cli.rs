@@ -7,13 +7,17 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use xtmp_proto::{EncryptionType, MessageType};
 
+use crate::app_cli::{
+    BundleCommand, QlockCommand, RegistryCommand, SubscribeCommand, TlslsCommand, WalletCommand,
+};
 use crate::duration::parse_duration;
 
 /// XTMP: post-quantum message transport.
 ///
 /// Run a server (`xtmp server start`), watch it (`server status`, `server metrics`), talk
 /// to one (`xtmp client ...`), manage keys (`xtmp keygen`), validate configuration
-/// (`xtmp config check`) and decode frames (`xtmp inspect`).
+/// (`xtmp config check`), decode frames (`xtmp inspect`), and use the application
+/// operations (`xtmp wallet|bundle|registry|subscribe|qlock|tlsls ...`).
 #[derive(Debug, Parser)]
 #[command(name = "xtmp", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
@@ -43,6 +47,24 @@ pub enum Command {
     Client(ClientCommand),
     /// Decode one frame and explain every field and validation step (no keys needed).
     Inspect(InspectArgs),
+    /// Wallets: create, register, authenticate, balance, send, mint.
+    #[command(subcommand)]
+    Wallet(WalletCommand),
+    /// Bundles of signed transfers: submit, status, confirm, sync.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+    /// The registry: get, set (compare-and-set), stamp, verify-stamp (offline).
+    #[command(subcommand)]
+    Registry(RegistryCommand),
+    /// Watch server pushes: live changes, events, metrics.
+    #[command(subcommand)]
+    Subscribe(SubscribeCommand),
+    /// Named locks with leases and fencing tokens.
+    #[command(subcommand)]
+    Qlock(QlockCommand),
+    /// Certificates binding a subject to an XTMP static key.
+    #[command(subcommand)]
+    Tlsls(TlslsCommand),
 }
 
 /// `xtmp server ...`
@@ -185,11 +207,12 @@ pub enum ClientCommand {
 /// How to reach a server.
 #[derive(Debug, Args, Clone)]
 pub struct ClientConn {
-    /// Server address.
-    #[arg(long, value_name = "ADDR")]
-    pub server: SocketAddr,
+    /// Server address (`127.0.0.1:8080`), or a WebSocket URL (`ws://127.0.0.1:8082/xtmp`,
+    /// `wss://host/xtmp`).
+    #[arg(long, value_name = "ADDR_OR_URL", env = "XTMP_SERVER")]
+    pub server: crate::transport_args::ServerArg,
     /// The server's public key: a `.pub` file or the hex itself.
-    #[arg(long, value_name = "FILE_OR_HEX")]
+    #[arg(long, value_name = "FILE_OR_HEX", env = "XTMP_SERVER_KEY")]
     pub server_key: String,
     /// This client's secret key file (selects mutual authentication).
     #[arg(long, value_name = "FILE")]
@@ -201,6 +224,31 @@ pub struct ClientConn {
     /// Timeout for connecting and for each request.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration_arg)]
     pub timeout: Duration,
+    /// Transports to try, in order (comma-separated: `tcp`, `ws`, `udp`, `hybrid`), each
+    /// with --step-timeout; the first that completes a handshake is used. Default: `ws`
+    /// when --server is a ws:// or wss:// URL, else `tcp`.
+    #[arg(long, value_name = "LIST", value_delimiter = ',',
+          value_parser = crate::transport_args::parse_transport_arg)]
+    pub transport: Vec<xtmp::ConnectionType>,
+    /// The server's UDP address for a `udp` step (default: --server) and for the UDP path
+    /// of a `hybrid` step (default: the port the server grants, on --server's IP).
+    #[arg(long, value_name = "ADDR")]
+    pub udp_server: Option<std::net::SocketAddr>,
+    /// The WebSocket endpoint for a `ws` step when --server is an address.
+    #[arg(long, value_name = "URL")]
+    pub ws_url: Option<xtmp::WsUrl>,
+    /// Time each transport step has to connect and complete the handshake (default:
+    /// --timeout).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub step_timeout: Option<Duration>,
+    /// Trust only the certificates in this PEM file for a wss:// server (a private CA or
+    /// the server's self-signed certificate) instead of the system roots.
+    #[arg(long, value_name = "FILE")]
+    pub ws_ca_file: Option<PathBuf>,
+    /// Accept any wss:// certificate. The pinned --server-key still authenticates the
+    /// server, but the WebSocket framing is then open to an interceptor.
+    #[arg(long, conflicts_with = "ws_ca_file")]
+    pub ws_dangerous_accept_any_certificate: bool,
 }
 
 /// A message to send.

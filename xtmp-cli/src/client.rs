@@ -9,11 +9,15 @@ use xtmp::{ClientError, ClientOptions, ReconnectPolicy, XTMPClient};
 use xtmp_proto::header::DEFAULT_MAX_STREAM_PAYLOAD;
 
 use crate::cli::{ClientConn, MessageArgs};
+use crate::transport_args::transport_short_name;
 use crate::{keys, outln};
 
 /// Connects with the command's settings. The CLI never reconnects: a lost connection is
 /// reported as an error.
-async fn connect(conn: &ClientConn) -> Result<(XTMPClient, Duration)> {
+///
+/// # Errors
+/// Bad key arguments, or the connection or handshake fails (with a hint).
+pub async fn connect(conn: &ClientConn) -> Result<(XTMPClient, Duration)> {
     let server_key = keys::parse_public_key_arg(&conn.server_key).context("--server-key")?;
     let mut opts = ClientOptions::new(server_key);
     if let Some(p) = &conn.client_key {
@@ -26,8 +30,9 @@ async fn connect(conn: &ClientConn) -> Result<(XTMPClient, Duration)> {
         enabled: false,
         ..ReconnectPolicy::default()
     };
+    let address = crate::transport_args::apply(conn, &mut opts).await?;
     let started = Instant::now();
-    let client = XTMPClient::connect(conn.server, opts)
+    let client = XTMPClient::connect(address, opts)
         .await
         .map_err(|e| explain(e, conn))?;
     Ok((client, started.elapsed()))
@@ -49,6 +54,13 @@ fn explain(e: ClientError, conn: &ClientConn) -> anyhow::Error {
         ClientError::Connect { .. } | ClientError::ConnectTimeout(_) => {
             " (is the server running and is --server right?)"
         }
+        ClientError::WebSocket { reason, .. } if reason.contains("TLS") => {
+            " (for a private or self-signed certificate pass --ws-ca-file)"
+        }
+        ClientError::WebSocket { .. } => {
+            " (check the URL's port and path against the server's ws_bind_address and ws_path)"
+        }
+        ClientError::AllTransportsFailed(_) => " (see each transport's error)",
         _ => "",
     };
     anyhow::anyhow!("{e}{hint}")
@@ -131,15 +143,36 @@ pub async fn ping(conn: &ClientConn, count: u32, interval: Duration, json_out: b
         v["event"] = json!("connected");
         v["server"] = json!(conn.server.to_string());
         v["handshake_ms"] = json!(ms(took));
+        if let Some(t) = client.transport_info() {
+            v["transport"] = json!(transport_short_name(t.connection_type));
+            v["connection_type"] = json!(t.connection_type.name());
+            v["endpoint"] = json!(t.endpoint);
+            v["transports_skipped"] = json!(t.skipped);
+        }
         v["key_generation"] = json!(client.key_generation());
         outln!("{v}");
     } else {
+        let info = client.transport_info();
+        let via = info.as_ref().map_or_else(String::new, |t| {
+            let mut via = format!(" over {}", transport_short_name(t.connection_type));
+            if t.endpoint != conn.server.to_string() {
+                via.push_str(&format!(" ({})", t.endpoint));
+            }
+            via
+        });
         outln!(
-            "connected to {} in {:.2} ms: {}",
+            "connected to {}{via} in {:.2} ms: {}",
             conn.server,
             ms(took),
             session_text(&client)
         );
+        for sk in info.iter().flat_map(|t| &t.skipped) {
+            outln!(
+                "  ({} was tried first: {})",
+                transport_short_name(sk.connection_type),
+                sk.error
+            );
+        }
     }
     let mut rtts = Vec::new();
     let mut failure = None;

@@ -21,9 +21,13 @@
 //! range, and TOML syntax errors are reported as a [`ConfigError`] that names the file,
 //! the line and column, the key and the value as written.
 //!
-//! Relative paths (`data_dir`, `static_key_file`, `authorized_keys_file`) are resolved
-//! against the directory of the configuration file; `static_key_file` and
-//! `authorized_keys_file` default to files inside `data_dir`.
+//! Relative paths (`data_dir`, `static_key_file`, `authorized_keys_file`, and those of
+//! `[xtmp_services]`) are resolved against the directory of the configuration file;
+//! `static_key_file` and `authorized_keys_file` default to files inside `data_dir`.
+//!
+//! The optional `[xtmp_services]` table configures the application layer (wallets,
+//! bundles, registry, streams, QLOCK, TLSLS; crate `xtmp-services`), which `xtmp server
+//! start` serves by default: see [`ServicesSection`].
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -33,6 +37,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use xtmp_proto::EncryptionType;
+use xtmp_services::{Address, GenesisAllocation, ServicesConfig};
 
 use crate::duration::{format_duration, HumanDuration};
 
@@ -61,6 +66,8 @@ pub struct XtmpConfig {
     pub xtmp_server: ServerSection,
     /// `[xtmp_security]`.
     pub xtmp_security: SecuritySection,
+    /// `[xtmp_services]`.
+    pub xtmp_services: ServicesSection,
 }
 
 /// The `[xtmp_server]` table.
@@ -116,6 +123,31 @@ pub struct ServerSection {
     pub max_inflight_per_connection: usize,
     /// Server-push streams open at once per connection.
     pub max_streams_per_connection: usize,
+    /// Address of the WebSocket listener (`ws://`, or `wss://` with the TLS files); none:
+    /// no WebSocket listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_bind_address: Option<SocketAddr>,
+    /// Request path of the WebSocket endpoint.
+    pub ws_path: String,
+    /// PEM certificate chain (leaf first) that makes the WebSocket listener `wss://`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `ws_tls_cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_tls_key_file: Option<PathBuf>,
+    /// Address of the UDP listener (`UdpFast` sessions and the UDP path of
+    /// `TcpUdpHybrid` sessions); none: no UDP. It may share the TCP port number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub udp_bind_address: Option<SocketAddr>,
+    /// Sessions may start over UDP (`UdpFast`).
+    pub enable_udp_sessions: bool,
+    /// TCP sessions may add a UDP path (`TcpUdpHybrid`).
+    pub enable_hybrid: bool,
+    /// Largest datagram sent, XTMP header included (1200 to 65507 bytes).
+    pub datagram_budget: usize,
+    /// Message types a hybrid session sends over UDP while its UDP path is up (names or
+    /// codes); everything else goes over TCP.
+    pub hybrid_udp_types: Vec<String>,
 }
 
 impl fmt::Debug for ServerSection {
@@ -154,6 +186,15 @@ impl fmt::Debug for ServerSection {
                 "max_streams_per_connection",
                 &self.max_streams_per_connection,
             )
+            .field("ws_bind_address", &self.ws_bind_address)
+            .field("ws_path", &self.ws_path)
+            .field("ws_tls_cert_file", &self.ws_tls_cert_file)
+            .field("ws_tls_key_file", &self.ws_tls_key_file)
+            .field("udp_bind_address", &self.udp_bind_address)
+            .field("enable_udp_sessions", &self.enable_udp_sessions)
+            .field("enable_hybrid", &self.enable_hybrid)
+            .field("datagram_budget", &self.datagram_budget)
+            .field("hybrid_udp_types", &self.hybrid_udp_types)
             .finish()
     }
 }
@@ -179,6 +220,126 @@ pub struct SecuritySection {
     pub authorized_keys_file_explicit: bool,
     /// Accept sessions without encryption (`encryption_type = None`, integrity only).
     pub allow_plaintext: bool,
+}
+
+/// Hex digits of an ML-DSA-65 public key (`mint_authority`).
+pub const MINT_AUTHORITY_HEX_LEN: usize = 2 * xtmp_services::crypto::PUBLIC_KEY_LEN;
+
+/// The `[xtmp_services]` table: the application layer served by `xtmp server start`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServicesSection {
+    /// Serve the application operations (wallets, bundles, registry, streams, QLOCK,
+    /// TLSLS). With `false` the server answers them with the runtime's built-in demo
+    /// handlers (echo and tick streams).
+    pub enabled: bool,
+    /// Directory of the store (`xtmp-services.redb`) and the signing key; default: the
+    /// server's `data_dir`.
+    pub data_dir: PathBuf,
+    /// The server's ML-DSA-65 signing key (stamps, certificates): a 32-byte seed as hex,
+    /// created with mode 0600 on first start, public key beside it as `<file>.pub`.
+    pub signing_key_file: PathBuf,
+    /// The mint authority's ML-DSA-65 public key as hex (3904 digits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mint_authority: Option<String>,
+    /// A file holding the mint authority's public key (a wallet's `.pub` file, or the
+    /// wallet file itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mint_authority_file: Option<PathBuf>,
+    /// Without `mint_authority` and `mint_authority_file`: create (on first start) and use
+    /// the wallet `<data_dir>/mint-authority.wallet` as the mint authority. With `false`
+    /// and no authority, value enters only through `genesis`.
+    pub auto_mint_authority: bool,
+    /// Allocations applied once, on the first start with an empty store.
+    pub genesis: Vec<GenesisAllocation>,
+    /// How long a wallet-auth challenge stays valid.
+    #[serde(serialize_with = "ser_duration")]
+    pub challenge_ttl: Duration,
+    /// Longest QLOCK lease.
+    #[serde(serialize_with = "ser_duration")]
+    pub max_lease: Duration,
+    /// Certificate validity when a request names none.
+    #[serde(serialize_with = "ser_duration")]
+    pub default_cert_validity: Duration,
+    /// Longest certificate validity.
+    #[serde(serialize_with = "ser_duration")]
+    pub max_cert_validity: Duration,
+    /// Most transactions in one bundle (1 to 1000).
+    pub max_bundle_transactions: usize,
+    /// Largest registry value in bytes (1 to 65536).
+    pub max_registry_value: usize,
+    /// Most write operations per storage commit (1 disables group commit).
+    pub group_commit_max_batch: usize,
+    /// Notifications buffered for slow subscribers.
+    pub event_capacity: usize,
+    /// Most sessions with wallet-auth state at once.
+    pub max_sessions: usize,
+    /// Most locks held at once.
+    pub max_locks: usize,
+    /// Most locks one session may hold.
+    pub max_locks_per_session: usize,
+}
+
+impl ServicesSection {
+    /// The defaults, with the store in `data_dir`.
+    pub fn with_data_dir(data_dir: PathBuf) -> Self {
+        let d = ServicesConfig::default();
+        Self {
+            enabled: true,
+            signing_key_file: data_dir.join("services-signing.key"),
+            data_dir,
+            mint_authority: None,
+            mint_authority_file: None,
+            auto_mint_authority: true,
+            genesis: Vec::new(),
+            challenge_ttl: Duration::from_millis(d.challenge_ttl_ms()),
+            max_lease: Duration::from_millis(d.max_lease_ms()),
+            default_cert_validity: Duration::from_secs(d.default_cert_validity_secs()),
+            max_cert_validity: Duration::from_secs(d.max_cert_validity_secs()),
+            max_bundle_transactions: d.max_bundle_transactions(),
+            max_registry_value: d.max_registry_value(),
+            group_commit_max_batch: d.group_commit_max_batch(),
+            event_capacity: d.event_capacity(),
+            max_sessions: d.max_sessions(),
+            max_locks: d.max_locks(),
+            max_locks_per_session: d.max_locks_per_session(),
+        }
+    }
+
+    /// The wallet file used as mint authority when none is configured and
+    /// `auto_mint_authority` is on.
+    pub fn auto_mint_authority_file(&self) -> PathBuf {
+        self.data_dir.join("mint-authority.wallet")
+    }
+
+    /// The `mint_authority` key decoded (validated when the configuration was loaded).
+    pub fn mint_authority_bytes(&self) -> Option<Vec<u8>> {
+        self.mint_authority
+            .as_deref()
+            .and_then(|h| hex::decode(h.strip_prefix("0x").unwrap_or(h)).ok())
+    }
+
+    /// The `xtmp-services` settings, with the mint authority's public key (resolved by
+    /// the caller from `mint_authority`, `mint_authority_file` or the automatic wallet).
+    pub fn to_services_config(&self, mint_authority: Option<Vec<u8>>) -> ServicesConfig {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let mut c = ServicesConfig::new(&self.data_dir);
+        c.set_signing_key_file(&self.signing_key_file)
+            .set_genesis(self.genesis.clone())
+            .set_mint_authority(mint_authority)
+            .set_challenge_ttl_ms(ms(self.challenge_ttl))
+            .set_max_lease_ms(ms(self.max_lease))
+            .set_cert_validity_secs(
+                self.default_cert_validity.as_secs(),
+                self.max_cert_validity.as_secs(),
+            )
+            .set_max_bundle_transactions(self.max_bundle_transactions)
+            .set_max_registry_value(self.max_registry_value)
+            .set_group_commit_max_batch(self.group_commit_max_batch)
+            .set_event_capacity(self.event_capacity)
+            .set_max_sessions(self.max_sessions)
+            .set_lock_limits(self.max_locks, self.max_locks_per_session);
+        c
+    }
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -236,6 +397,19 @@ impl Default for XtmpConfig {
                 retry_threshold: 256,
                 max_inflight_per_connection: 64,
                 max_streams_per_connection: 64,
+                ws_bind_address: None,
+                ws_path: xtmp::ws::DEFAULT_PATH.to_string(),
+                ws_tls_cert_file: None,
+                ws_tls_key_file: None,
+                udp_bind_address: None,
+                enable_udp_sessions: true,
+                enable_hybrid: true,
+                datagram_budget: xtmp_proto::datagram::DEFAULT_DATAGRAM_BUDGET,
+                hybrid_udp_types: xtmp::HybridPolicy::default()
+                    .types()
+                    .iter()
+                    .filter_map(|t| t.name().map(str::to_string))
+                    .collect(),
                 data_dir: data_dir.clone(),
             },
             xtmp_security: SecuritySection {
@@ -247,6 +421,7 @@ impl Default for XtmpConfig {
                 authorized_keys_file_explicit: false,
                 allow_plaintext: false,
             },
+            xtmp_services: ServicesSection::with_data_dir(data_dir),
         }
     }
 }
@@ -262,6 +437,8 @@ struct FileConfig {
     xtmp_server: FileServer,
     #[serde(default)]
     xtmp_security: FileSecurity,
+    #[serde(default)]
+    xtmp_services: FileServices,
 }
 
 #[derive(Deserialize, Default)]
@@ -287,6 +464,15 @@ struct FileServer {
     retry_threshold: Option<u64>,
     max_inflight_per_connection: Option<usize>,
     max_streams_per_connection: Option<usize>,
+    ws_bind_address: Option<SocketAddr>,
+    ws_path: Option<String>,
+    ws_tls_cert_file: Option<PathBuf>,
+    ws_tls_key_file: Option<PathBuf>,
+    udp_bind_address: Option<SocketAddr>,
+    enable_udp_sessions: Option<bool>,
+    enable_hybrid: Option<bool>,
+    datagram_budget: Option<usize>,
+    hybrid_udp_types: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -298,6 +484,37 @@ struct FileSecurity {
     static_key_file: Option<PathBuf>,
     authorized_keys_file: Option<PathBuf>,
     allow_plaintext: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileServices {
+    enabled: Option<bool>,
+    data_dir: Option<PathBuf>,
+    signing_key_file: Option<PathBuf>,
+    mint_authority: Option<String>,
+    mint_authority_file: Option<PathBuf>,
+    auto_mint_authority: Option<bool>,
+    genesis: Option<Vec<FileGenesis>>,
+    challenge_ttl: Option<HumanDuration>,
+    max_lease: Option<HumanDuration>,
+    default_cert_validity: Option<HumanDuration>,
+    max_cert_validity: Option<HumanDuration>,
+    max_bundle_transactions: Option<usize>,
+    max_registry_value: Option<usize>,
+    group_commit_max_batch: Option<usize>,
+    event_capacity: Option<usize>,
+    max_sessions: Option<usize>,
+    max_locks: Option<usize>,
+    max_locks_per_session: Option<usize>,
+}
+
+/// One `genesis` entry: `{ address = "xw…", amount = 1000 }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileGenesis {
+    address: Address,
+    amount: u64,
 }
 
 /// `encryption_type` as written in the file (case-insensitive names).
@@ -434,8 +651,25 @@ impl<'a> Located<'a> {
                 key_span: k.span(),
                 value_span: v.span(),
             });
-            if let Some(t) = v.get_ref().as_table() {
-                self.index(t, &path);
+            self.index_value(v.get_ref(), &path);
+        }
+    }
+
+    /// Tables and arrays inside a value: `genesis[0].address`.
+    fn index_value(&mut self, v: &toml::de::DeValue<'_>, path: &str) {
+        if let Some(t) = v.as_table() {
+            self.index(t, path);
+        } else if let Some(a) = v.as_array() {
+            for (i, item) in a.iter().enumerate() {
+                let p = format!("{path}[{i}]");
+                // An element has no key of its own: an empty key span never matches.
+                let start = item.span().start;
+                self.keys.push(KeyEntry {
+                    path: p.clone(),
+                    key_span: start..start,
+                    value_span: item.span(),
+                });
+                self.index_value(item.get_ref(), &p);
             }
         }
     }
@@ -746,6 +980,17 @@ impl XtmpConfig {
             max_streams_per_connection: s
                 .max_streams_per_connection
                 .unwrap_or(d.xtmp_server.max_streams_per_connection),
+            ws_bind_address: s.ws_bind_address,
+            ws_path: s.ws_path.unwrap_or(d.xtmp_server.ws_path),
+            ws_tls_cert_file: s.ws_tls_cert_file.map(abs),
+            ws_tls_key_file: s.ws_tls_key_file.map(abs),
+            udp_bind_address: s.udp_bind_address,
+            enable_udp_sessions: s
+                .enable_udp_sessions
+                .unwrap_or(d.xtmp_server.enable_udp_sessions),
+            enable_hybrid: s.enable_hybrid.unwrap_or(d.xtmp_server.enable_hybrid),
+            datagram_budget: s.datagram_budget.unwrap_or(d.xtmp_server.datagram_budget),
+            hybrid_udp_types: s.hybrid_udp_types.unwrap_or(d.xtmp_server.hybrid_udp_types),
             data_dir: data_dir.clone(),
         };
         let authorized_keys_file_explicit = sec.authorized_keys_file.is_some();
@@ -771,9 +1016,49 @@ impl XtmpConfig {
                 .allow_plaintext
                 .unwrap_or(d.xtmp_security.allow_plaintext),
         };
+        let sv = raw.xtmp_services;
+        let services_dir = sv.data_dir.map_or_else(|| data_dir.clone(), abs);
+        let dsv = ServicesSection::with_data_dir(services_dir.clone());
+        let services = ServicesSection {
+            enabled: sv.enabled.unwrap_or(dsv.enabled),
+            signing_key_file: sv
+                .signing_key_file
+                .map_or_else(|| dsv.signing_key_file.clone(), abs),
+            data_dir: services_dir,
+            mint_authority: sv.mint_authority,
+            mint_authority_file: sv.mint_authority_file.map(abs),
+            auto_mint_authority: sv.auto_mint_authority.unwrap_or(dsv.auto_mint_authority),
+            genesis: sv
+                .genesis
+                .unwrap_or_default()
+                .into_iter()
+                .map(|g| GenesisAllocation {
+                    address: g.address,
+                    amount: g.amount,
+                })
+                .collect(),
+            challenge_ttl: dur(sv.challenge_ttl, dsv.challenge_ttl),
+            max_lease: dur(sv.max_lease, dsv.max_lease),
+            default_cert_validity: dur(sv.default_cert_validity, dsv.default_cert_validity),
+            max_cert_validity: dur(sv.max_cert_validity, dsv.max_cert_validity),
+            max_bundle_transactions: sv
+                .max_bundle_transactions
+                .unwrap_or(dsv.max_bundle_transactions),
+            max_registry_value: sv.max_registry_value.unwrap_or(dsv.max_registry_value),
+            group_commit_max_batch: sv
+                .group_commit_max_batch
+                .unwrap_or(dsv.group_commit_max_batch),
+            event_capacity: sv.event_capacity.unwrap_or(dsv.event_capacity),
+            max_sessions: sv.max_sessions.unwrap_or(dsv.max_sessions),
+            max_locks: sv.max_locks.unwrap_or(dsv.max_locks),
+            max_locks_per_session: sv
+                .max_locks_per_session
+                .unwrap_or(dsv.max_locks_per_session),
+        };
         let cfg = XtmpConfig {
             xtmp_server: server,
             xtmp_security: security,
+            xtmp_services: services,
         };
         cfg.validate(loc, &mut warnings)?;
         Ok((cfg, warnings))
@@ -889,11 +1174,203 @@ impl XtmpConfig {
                 format!("{} is also the bind_address", s.admin_address),
             );
         }
+        self.validate_websocket(loc)?;
+        self.validate_udp(loc)?;
+        self.validate_services(loc)?;
         if sec.require_authentication && !sec.authorized_keys_file_explicit {
             warnings.push(format!(
                 "require_authentication = true: only clients whose keys are listed in {} can connect",
                 sec.authorized_keys_file.display()
             ));
+        }
+        Ok(())
+    }
+
+    /// Checks the UDP keys of `[xtmp_server]`.
+    fn validate_udp(&self, loc: &Located<'_>) -> Result<(), ConfigError> {
+        let s = &self.xtmp_server;
+        let err = |key: &str, msg: String| Err(ConfigError::from(loc.key_error(key, msg)));
+        let (lo, hi) = (
+            xtmp_proto::datagram::MIN_DATAGRAM_BUDGET,
+            xtmp_proto::datagram::MAX_DATAGRAM_BUDGET,
+        );
+        if !(lo..=hi).contains(&s.datagram_budget) {
+            return err(
+                "xtmp_server.datagram_budget",
+                format!("must be between {lo} and {hi} bytes"),
+            );
+        }
+        for t in &s.hybrid_udp_types {
+            if let Err(m) = crate::cli::parse_message_type_arg(t) {
+                return err("xtmp_server.hybrid_udp_types", m);
+            }
+        }
+        Ok(())
+    }
+
+    /// The hybrid policy from `hybrid_udp_types` (validated when loaded).
+    pub fn hybrid_policy(&self) -> xtmp::HybridPolicy {
+        xtmp::HybridPolicy::udp_types(
+            self.xtmp_server
+                .hybrid_udp_types
+                .iter()
+                .filter_map(|t| crate::cli::parse_message_type_arg(t).ok()),
+        )
+    }
+
+    /// Checks the WebSocket listener keys of `[xtmp_server]`.
+    fn validate_websocket(&self, loc: &Located<'_>) -> Result<(), ConfigError> {
+        let s = &self.xtmp_server;
+        let err = |key: &str, msg: String| Err(ConfigError::from(loc.key_error(key, msg)));
+        if let Err(m) = xtmp::ws::validate_path(&s.ws_path) {
+            return err("xtmp_server.ws_path", m.to_string());
+        }
+        match (&s.ws_tls_cert_file, &s.ws_tls_key_file) {
+            (Some(_), None) => {
+                return err(
+                    "xtmp_server.ws_tls_cert_file",
+                    "needs `ws_tls_key_file` too".into(),
+                )
+            }
+            (None, Some(_)) => {
+                return err(
+                    "xtmp_server.ws_tls_key_file",
+                    "needs `ws_tls_cert_file` too".into(),
+                )
+            }
+            (Some(_), Some(_)) if s.ws_bind_address.is_none() => {
+                return err(
+                    "xtmp_server.ws_tls_cert_file",
+                    "serves the WebSocket listener: set `ws_bind_address` too".into(),
+                )
+            }
+            _ => {}
+        }
+        if let Some(ws) = s.ws_bind_address {
+            for (other, name) in [
+                (s.bind_address, "bind_address"),
+                (s.admin_address, "admin_address"),
+            ] {
+                if ws == other && ws.port() != 0 {
+                    return err(
+                        "xtmp_server.ws_bind_address",
+                        format!("{ws} is also the {name}"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks `[xtmp_services]`.
+    fn validate_services(&self, loc: &Located<'_>) -> Result<(), ConfigError> {
+        let sv = &self.xtmp_services;
+        let err = |key: &str, msg: String| Err(ConfigError::from(loc.key_error(key, msg)));
+        if let Some(h) = &sv.mint_authority {
+            let h = h.strip_prefix("0x").unwrap_or(h);
+            if h.len() != MINT_AUTHORITY_HEX_LEN || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return err(
+                    "xtmp_services.mint_authority",
+                    format!(
+                        "expected an ML-DSA-65 public key as {MINT_AUTHORITY_HEX_LEN} hex digits (the hex in a wallet's .pub file), found {} characters",
+                        h.len()
+                    ),
+                );
+            }
+            if sv.mint_authority_file.is_some() {
+                return err(
+                    "xtmp_services.mint_authority_file",
+                    "set either mint_authority or mint_authority_file, not both".into(),
+                );
+            }
+        }
+        let mut total: u64 = 0;
+        for (i, g) in sv.genesis.iter().enumerate() {
+            let key = format!("xtmp_services.genesis[{i}].amount");
+            if g.amount == 0 {
+                return err(&key, "amount must be at least 1".into());
+            }
+            total = match total.checked_add(g.amount) {
+                Some(t) => t,
+                None => return err(&key, "the genesis total exceeds 2^64 - 1".into()),
+            };
+        }
+        for (key, v) in [
+            ("xtmp_services.challenge_ttl", sv.challenge_ttl),
+            ("xtmp_services.max_lease", sv.max_lease),
+        ] {
+            if v.is_zero() {
+                return err(key, "must be longer than 0s".into());
+            }
+        }
+        for (key, v) in [
+            (
+                "xtmp_services.default_cert_validity",
+                sv.default_cert_validity,
+            ),
+            ("xtmp_services.max_cert_validity", sv.max_cert_validity),
+        ] {
+            if v < Duration::from_secs(1) {
+                return err(key, "must be at least 1s".into());
+            }
+        }
+        if sv.default_cert_validity > sv.max_cert_validity {
+            return err(
+                "xtmp_services.default_cert_validity",
+                format!(
+                    "must not be longer than max_cert_validity ({})",
+                    format_duration(sv.max_cert_validity)
+                ),
+            );
+        }
+        let max_tx = xtmp_services::config::MAX_BUNDLE_TRANSACTIONS;
+        let max_value = xtmp_services::config::MAX_REGISTRY_VALUE;
+        let max_events = xtmp_services::config::MAX_EVENT_CAPACITY;
+        for (key, v, max) in [
+            (
+                "xtmp_services.max_bundle_transactions",
+                sv.max_bundle_transactions,
+                max_tx,
+            ),
+            (
+                "xtmp_services.max_registry_value",
+                sv.max_registry_value,
+                max_value,
+            ),
+            (
+                "xtmp_services.event_capacity",
+                sv.event_capacity,
+                max_events,
+            ),
+            (
+                "xtmp_services.group_commit_max_batch",
+                sv.group_commit_max_batch,
+                usize::MAX,
+            ),
+            ("xtmp_services.max_sessions", sv.max_sessions, usize::MAX),
+            ("xtmp_services.max_locks", sv.max_locks, usize::MAX),
+            (
+                "xtmp_services.max_locks_per_session",
+                sv.max_locks_per_session,
+                usize::MAX,
+            ),
+        ] {
+            if v == 0 || v > max {
+                let range = if max == usize::MAX {
+                    "must be at least 1".to_string()
+                } else {
+                    format!("must be between 1 and {max}")
+                };
+                return err(key, range);
+            }
+        }
+        // Whatever is left to the library's own checks (kept in step with the above).
+        if let Err(e) = self
+            .xtmp_services
+            .to_services_config(sv.mint_authority_bytes())
+            .validate()
+        {
+            return err("xtmp_services", e.to_string());
         }
         Ok(())
     }
@@ -927,6 +1404,15 @@ impl XtmpConfig {
             }
             if !sec.authorized_keys_file_explicit {
                 t.remove("authorized_keys_file");
+            }
+        }
+        let sv = &self.xtmp_services;
+        if let Some(toml::Value::Table(t)) = v.get_mut("xtmp_services") {
+            if sv.data_dir == *dd {
+                t.remove("data_dir");
+            }
+            if sv.signing_key_file == sv.data_dir.join("services-signing.key") {
+                t.remove("signing_key_file");
             }
         }
         toml::to_string(&v).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
@@ -1193,6 +1679,95 @@ allow_plaintext = true
         let s = e.snippet.clone().unwrap();
         assert!(s.contains("2 | read_timeout = \"soon\""), "{s}");
         assert!(s.contains("^^^^^^"), "{s}");
+    }
+
+    #[test]
+    fn services_section() {
+        // Defaults: on, store in the server's data_dir, automatic mint authority.
+        let c = parse("[xtmp_server]\ndata_dir = \"/var/lib/xtmp\"\n").unwrap();
+        let sv = &c.xtmp_services;
+        assert!(sv.enabled && sv.auto_mint_authority);
+        assert_eq!(sv.data_dir, Path::new("/var/lib/xtmp"));
+        assert_eq!(
+            sv.signing_key_file,
+            Path::new("/var/lib/xtmp/services-signing.key")
+        );
+        assert_eq!(
+            sv.auto_mint_authority_file(),
+            Path::new("/var/lib/xtmp/mint-authority.wallet")
+        );
+        sv.to_services_config(None).validate().unwrap();
+
+        let addr = format!("xw{}", "ab".repeat(32));
+        let key = "cd".repeat(1952);
+        let c = parse(&format!(
+            "[xtmp_services]\nenabled = false\ndata_dir = \"svc\"\nsigning_key_file = \"k/sign.key\"\nmint_authority = \"{key}\"\nauto_mint_authority = false\ngenesis = [{{ address = \"{addr}\", amount = 7 }}]\nchallenge_ttl = \"30s\"\nmax_lease = \"10m\"\ndefault_cert_validity = \"1d\"\nmax_cert_validity = \"2d\"\nmax_bundle_transactions = 10\nmax_registry_value = 100\ngroup_commit_max_batch = 1\nevent_capacity = 8\nmax_sessions = 9\nmax_locks = 11\nmax_locks_per_session = 2\n"
+        ))
+        .unwrap();
+        let sv = &c.xtmp_services;
+        assert!(!sv.enabled);
+        assert_eq!(sv.data_dir, Path::new("/etc/xtmp/svc"));
+        assert_eq!(sv.signing_key_file, Path::new("/etc/xtmp/k/sign.key"));
+        assert_eq!(sv.mint_authority_bytes().map(|b| b.len()), Some(1952));
+        let sc = sv.to_services_config(sv.mint_authority_bytes());
+        assert_eq!(sc.genesis().len(), 1);
+        assert_eq!(sc.challenge_ttl_ms(), 30_000);
+        assert_eq!(sc.max_lease_ms(), 600_000);
+        assert_eq!(sc.default_cert_validity_secs(), 86_400);
+        assert_eq!(sc.max_bundle_transactions(), 10);
+        assert_eq!(sc.max_registry_value(), 100);
+        assert_eq!(sc.event_capacity(), 8);
+        assert_eq!(sc.max_locks_per_session(), 2);
+        // The rendered file loads back to the same configuration.
+        let (again, _) = XtmpConfig::from_toml(&c.to_toml(), None, Path::new("/")).unwrap();
+        assert_eq!(again.xtmp_services, c.xtmp_services);
+
+        for (text, key, line) in [
+            (
+                "[xtmp_services]\ngenesis = [\n { address = \"xw1\", amount = 1 },\n]\n",
+                "xtmp_services.genesis[0].address",
+                3,
+            ),
+            (
+                "[xtmp_services]\nmax_lease = \"0s\"\n",
+                "xtmp_services.max_lease",
+                2,
+            ),
+            (
+                "[xtmp_services]\nevent_capacity = 0\n",
+                "xtmp_services.event_capacity",
+                2,
+            ),
+            (
+                "[xtmp_services]\nmax_bundle_transactions = 1001\n",
+                "xtmp_services.max_bundle_transactions",
+                2,
+            ),
+            (
+                "[xtmp_services]\nmint_authority = \"abc\"\n",
+                "xtmp_services.mint_authority",
+                2,
+            ),
+            (
+                "[xtmp_services]\ndefault_cert_validity = \"3d\"\nmax_cert_validity = \"2d\"\n",
+                "xtmp_services.default_cert_validity",
+                2,
+            ),
+            (
+                "[xtmp_services]\nenabeld = true\n",
+                "xtmp_services.enabeld",
+                2,
+            ),
+        ] {
+            let e = parse(text).expect_err(text);
+            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+            assert_eq!(e.line, Some(line), "{text}: {e}");
+        }
+        let both = format!(
+            "[xtmp_services]\nmint_authority = \"{key}\"\nmint_authority_file = \"a.pub\"\n"
+        );
+        let e = parse(&both).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("xtmp_services.mint_authority_file"));
     }
 
     #[test]

@@ -2,13 +2,18 @@
 //!
 //! A thin binary over the `xtmp` runtime: it reads `xtmp.toml` ([`config`]), manages key
 //! files ([`keys`]), runs the server with an admin HTTP endpoint ([`server`], [`admin`],
-//! [`prom`]), talks to servers ([`client`]) and decodes frames ([`inspect`]).
+//! [`prom`]) and the application services ([`app_server`]), talks to servers
+//! ([`client`], and [`app`] for wallets, bundles, registry, streams, QLOCK and TLSLS, with
+//! wallet key files in [`wallet_file`]) and decodes frames ([`inspect`]).
 //!
 //! The modules are a library so they can be unit-tested; the binary (`src/main.rs`) only
 //! parses the command line ([`cli`]) and dispatches. Integration tests in `tests/` run the
 //! real binary as a process.
 
 pub mod admin;
+pub mod app;
+pub mod app_cli;
+pub mod app_server;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -18,6 +23,8 @@ pub mod keys;
 pub mod prom;
 pub mod render;
 pub mod server;
+pub mod transport_args;
+pub mod wallet_file;
 
 /// Reads at most `max` bytes from a file (or standard input for `-`), so a wrong path
 /// such as `/dev/zero` or a huge file is an error instead of exhausting memory.

@@ -8,7 +8,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use xtmp_cli::cli::{Cli, ClientCommand, Command, ConfigCommand, ServerCommand};
 use xtmp_cli::config::XtmpConfig;
-use xtmp_cli::{client, inspect, keys, out, outln, server};
+use xtmp_cli::{app, client, inspect, keys, out, outln, server};
 
 /// Largest input `inspect` reads (a 16 MiB frame as hex, with room for separators).
 const INSPECT_MAX: u64 = 80 * 1024 * 1024;
@@ -127,6 +127,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Wallet(cmd) => runtime(false)?.block_on(app::wallet(cmd)),
+        Command::Bundle(cmd) => runtime(false)?.block_on(app::bundle(cmd)),
+        Command::Registry(cmd) => runtime(false)?.block_on(app::registry(cmd)),
+        Command::Subscribe(cmd) => runtime(false)?.block_on(app::subscribe(cmd)),
+        Command::Qlock(cmd) => runtime(false)?.block_on(app::qlock(cmd)),
+        Command::Tlsls(cmd) => runtime(false)?.block_on(app::tlsls(cmd)),
         Command::Inspect(args) => {
             let bytes = match (&args.hex, &args.file) {
                 (Some(h), _) => inspect::parse_hex(h).map_err(|e| anyhow::anyhow!("HEX: {e}"))?,

@@ -260,6 +260,57 @@ pub fn render(status: &ServerStatus, sessions: &[SessionMetrics]) -> String {
         "Mean smoothed heartbeat round-trip time over live sessions.",
         mean_latency / 1000.0,
     );
+    // Link quality the hybrid switch also uses.
+    let loss = |s: &SessionMetrics| s.quality.packet_loss;
+    e.single(
+        "xtmp_session_packet_loss_max",
+        Gauge,
+        "Largest estimated packet loss (0..1) over live sessions.",
+        sessions.iter().map(loss).fold(0.0, f64::max),
+    );
+    e.single(
+        "xtmp_session_packet_loss_mean",
+        Gauge,
+        "Mean estimated packet loss (0..1) over live sessions.",
+        if sessions.is_empty() {
+            0.0
+        } else {
+            sessions.iter().map(loss).sum::<f64>() / n
+        },
+    );
+    let dg = |f: fn(&xtmp::DatagramPathMetrics) -> u64| -> f64 {
+        sessions
+            .iter()
+            .filter_map(|s| s.datagram.as_ref())
+            .map(|d| f(d) as f64)
+            .sum()
+    };
+    e.single(
+        "xtmp_session_datagram_retransmissions",
+        Gauge,
+        "Retransmissions of RELIABLE messages, summed over live UDP and hybrid sessions.",
+        dg(|d| d.retransmissions),
+    );
+    e.single(
+        "xtmp_session_datagram_paths_down",
+        Gauge,
+        "Hybrid sessions whose UDP path is down (their traffic runs over TCP).",
+        sessions
+            .iter()
+            .filter(|s| s.datagram.as_ref().is_some_and(|d| d.state == "down"))
+            .count() as f64,
+    );
+    if let Some(u) = &status.udp {
+        for (name, help, v) in [
+            ("xtmp_udp_datagrams_received_total", "Datagrams received by the UDP listener.", u.datagrams_received),
+            ("xtmp_udp_datagrams_sent_total", "Datagrams sent by the UDP listener.", u.datagrams_sent),
+            ("xtmp_udp_send_calls_total", "Send system calls of the UDP listener (GSO batches many datagrams per call).", u.send_calls),
+            ("xtmp_udp_datagrams_dropped_total", "Datagrams dropped before reaching a session (unparsable, bad handshake fragments).", u.datagrams_dropped),
+            ("xtmp_udp_unknown_session_total", "Datagrams naming no live session.", u.unknown_session),
+        ] {
+            e.single(name, Counter, help, v as f64);
+        }
+    }
     e.single(
         "xtmp_session_requests_in_flight",
         Gauge,

@@ -233,6 +233,13 @@ pub fn session(v: &Value) -> String {
             t.row(format!("  {k}"), scalar(x));
         }
     }
+    if let Some(q) = m.get("datagram").and_then(Value::as_object) {
+        seen.push("datagram");
+        t.row("datagram path", "");
+        for (k, x) in q {
+            t.row(format!("  {k}"), scalar(x));
+        }
+    }
     for (k, label) in [
         ("frames_sent", "frames sent"),
         ("frames_received", "frames received"),

@@ -68,7 +68,33 @@ pub fn server_options(
     o.retry_threshold = s.retry_threshold;
     o.max_inflight_per_connection = s.max_inflight_per_connection;
     o.max_streams_per_connection = s.max_streams_per_connection;
+    o.udp_bind_address = s.udp_bind_address;
+    o.allow_udp_sessions = s.enable_udp_sessions;
+    o.allow_hybrid = s.enable_hybrid;
+    o.datagram.budget = s.datagram_budget;
+    o.datagram.hybrid_policy = cfg.hybrid_policy();
     o
+}
+
+/// The WebSocket listener from `ws_bind_address`, `ws_path` and the TLS files (`None`
+/// without `ws_bind_address`).
+///
+/// # Errors
+/// The TLS certificate or key file cannot be read or does not hold a usable pair.
+pub fn websocket_options(cfg: &XtmpConfig) -> Result<Option<xtmp::WebSocketListenerOptions>> {
+    let s = &cfg.xtmp_server;
+    let Some(addr) = s.ws_bind_address else {
+        return Ok(None);
+    };
+    let mut w = xtmp::WebSocketListenerOptions::new(addr);
+    w.path = s.ws_path.clone();
+    if let (Some(cert), Some(key)) = (&s.ws_tls_cert_file, &s.ws_tls_key_file) {
+        w.tls = Some(
+            xtmp::WsServerTls::from_pem_files(cert, key)
+                .context("xtmp_server.ws_tls_cert_file / ws_tls_key_file")?,
+        );
+    }
+    Ok(Some(w))
 }
 
 fn load_authorized(cfg: &XtmpConfig) -> Result<HashSet<[u8; 32]>> {
@@ -141,13 +167,16 @@ pub async fn start(config: Option<&Path>) -> Result<()> {
         );
     }
 
+    let services = crate::app_server::open(&cfg).await?;
+
     let admin_listener = TcpListener::bind(s.admin_address)
         .await
         .with_context(|| format!("cannot bind the admin endpoint on {}", s.admin_address))?;
     let admin_addr = admin_listener.local_addr()?;
 
-    let opts = server_options(&cfg, sk.clone(), authorized.clone());
-    let handle = XTMPServer::bind(opts, xtmp::builtin_router())
+    let mut opts = server_options(&cfg, sk.clone(), authorized.clone());
+    opts.websocket = websocket_options(&cfg)?;
+    let handle = XTMPServer::bind(opts, crate::app_server::router(services.as_ref()))
         .await
         .with_context(|| format!("cannot start the XTMP server on {}", s.bind_address))?;
     let handle = Arc::new(handle);
@@ -180,6 +209,18 @@ pub async fn start(config: Option<&Path>) -> Result<()> {
             "optional".to_string()
         }
     );
+    let banner = match handle.udp_local_addr() {
+        Some(u) => format!("{banner}udp:             {u} (UdpFast sessions, hybrid UDP paths)\n"),
+        None => banner,
+    };
+    let banner = match handle.websocket_url() {
+        Some(url) => format!("{banner}websocket:       {url}\n"),
+        None => banner,
+    };
+    let banner = match &services {
+        Some(sv) => format!("{banner}{}", sv.banner()),
+        None => format!("{banner}services:        off (xtmp_services.enabled = false): built-in demo handlers\n"),
+    };
     {
         use std::io::Write;
         let mut o = std::io::stdout().lock();

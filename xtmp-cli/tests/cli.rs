@@ -324,26 +324,35 @@ fn server_status_metrics_clients_and_sigterm() {
     ])));
     assert!(s.contains("handshakes completed"), "{s}");
 
-    // Request/response, acknowledged send, and an error reply.
+    // Request/response (the application services answer out of the box), acknowledged
+    // send, and error replies.
     let o = ok(&run(server.client("request").args([
         "--type",
-        "WalletBalance",
+        "RegistryQuery",
         "--data",
-        "{\"wallet\":\"abc\"}",
+        "{\"prefix\":\"\"}",
     ])));
-    assert_eq!(o.trim(), "{\"wallet\":\"abc\"}");
-    let o = ok(&run(server
-        .client("request")
-        .args(["--type", "0x20", "--data", "bundle", "--json"])));
+    assert_eq!(o.trim(), "{\"entries\":[],\"more\":false}");
+    let o = ok(&run(server.client("request").args([
+        "--type",
+        "0x30",
+        "--data",
+        "{\"prefix\":\"\"}",
+        "--json",
+    ])));
     let j: serde_json::Value = serde_json::from_str(o.trim()).unwrap();
-    assert_eq!(j["body"], "bundle");
+    assert_eq!(j["body_json"]["more"], false, "{j}");
     ok(&run(server.client("send").args([
         "--type",
-        "BundleSubmit",
+        "RegistryQuery",
         "--data",
-        "x",
+        "{\"prefix\":\"\"}",
         "--ack",
     ])));
+    let e = fails(&run(server
+        .client("request")
+        .args(["--type", "0x20", "--data", "bundle"])));
+    assert!(e.contains("0x0100"), "{e}");
     let e = fails(&run(server
         .client("request")
         .args(["--type", "Unknown", "--data", "x"])));
@@ -815,4 +824,90 @@ fn help_and_version() {
         &format!("127.0.0.1:{port}"),
     ])));
     assert!(e.contains("cannot connect to the admin endpoint"), "{e}");
+}
+
+/// UDP listener in the configuration: listed by `server status --json`; a client over
+/// `--transport udp` and one over `--transport hybrid` get answers; the session's metrics
+/// show the datagram path.
+#[test]
+fn udp_and_hybrid_transports() {
+    let udp_port = free_port();
+    let server = Server::start(
+        &format!("udp_bind_address = \"127.0.0.1:{udp_port}\"\n[xtmp_services]\nenabled = false"),
+        "",
+    );
+    let udp = format!("127.0.0.1:{udp_port}");
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&run(&mut server.admin_cmd(&["status", "--json"])))).unwrap();
+    let listeners = status["listeners"].as_array().unwrap();
+    assert!(
+        listeners
+            .iter()
+            .any(|l| l["kind"] == "udp" && l["address"] == udp.as_str()),
+        "{status}"
+    );
+    assert!(listeners.iter().any(|l| l["kind"] == "tcp"), "{status}");
+    assert!(server.stdout().contains(&format!("udp:             {udp}")));
+    // UdpFast: --server is the UDP address.
+    let mut c = xtmp();
+    c.args([
+        "client",
+        "request",
+        "--transport",
+        "udp",
+        "--server",
+        &udp,
+        "--server-key",
+    ])
+    .arg(server.pub_key())
+    .args([
+        "--type",
+        "WalletBalance",
+        "--data",
+        "over udp",
+        "--timeout",
+        "10s",
+    ]);
+    let out = ok(&run(&mut c));
+    assert!(out.contains("over udp"), "{out}");
+    // Too large for a datagram: refused with MESSAGE_TOO_LARGE.
+    let mut c = xtmp();
+    c.args([
+        "client",
+        "request",
+        "--transport",
+        "udp",
+        "--server",
+        &udp,
+        "--server-key",
+    ])
+    .arg(server.pub_key())
+    .args([
+        "--type",
+        "WalletBalance",
+        "--data",
+        &"x".repeat(1500),
+        "--timeout",
+        "10s",
+    ]);
+    let err = fails(&run(&mut c));
+    // (Compressible: it goes out, and the echo's reply cannot fit a datagram.)
+    let e = err.to_ascii_lowercase();
+    assert!(e.contains("too large") || e.contains("too_large"), "{err}");
+    // Hybrid: TCP address; the UDP port comes from the server.
+    let mut c = server.client("ping");
+    c.args([
+        "--transport",
+        "hybrid",
+        "-n",
+        "2",
+        "--interval",
+        "100ms",
+        "--json",
+    ]);
+    let out = ok(&run(&mut c));
+    assert!(
+        out.contains("\"hybrid\"") || out.contains("TcpUdpHybrid"),
+        "{out}"
+    );
 }

@@ -616,6 +616,24 @@ impl ServerHandshaker {
         ok
     }
 
+    /// Whether `cookie` is the current (or previous) cookie for `peer_address`: the cheap
+    /// check a datagram server runs on every handshake fragment before it keeps any state
+    /// for it (`PROTOCOL.md` §9.4). Constant time. `false` before the first
+    /// [`ServerHandshaker::maintain`].
+    pub fn cookie_valid_for(&self, peer_address: &[u8], cookie: &[u8]) -> bool {
+        self.cookie_rotated_at.is_some()
+            && cookie.len() == COOKIE_LEN
+            && self.cookie_valid(peer_address, cookie)
+    }
+
+    /// The `Retry` frame (112 bytes) carrying the current cookie for `peer_address`;
+    /// `None` before the first [`ServerHandshaker::maintain`].
+    pub fn retry_frame_for(&self, peer_address: &[u8]) -> Option<Vec<u8>> {
+        self.cookie_rotated_at?;
+        let c = Self::cookie(&self.cookie_secret, peer_address);
+        Some(frame(MessageType::Retry, 0, &c))
+    }
+
     /// Handles message 1: [`ServerHandshaker::maintain`], [`ServerHandshaker::handle_shared`]
     /// and [`ServerHandshaker::commit`] in one call.
     ///

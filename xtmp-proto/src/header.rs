@@ -161,6 +161,10 @@ bitflags::bitflags! {
         const STREAMING = 0x0008;
         /// The plaintext payload is LZ4-compressed (see `PROTOCOL.md` §6).
         const COMPRESSED = 0x0010;
+        /// Datagram paths: the payload starts with an 8-byte message id; the message is
+        /// retransmitted until the receiver acknowledges it with `DatagramAck`, and the
+        /// receiver delivers each message id once (see `PROTOCOL.md` §9.7).
+        const RELIABLE = 0x0020;
     }
 }
 

@@ -13,6 +13,8 @@
 //! * [`session`] — record protection with the four encryption types, sequence numbers,
 //!   replay protection, key rotation, heartbeats.
 //! * [`deframe`] — finding frame boundaries in a byte stream.
+//! * [`datagram`] — walking and packing datagrams, handshake fragments, and the
+//!   acknowledgement/retransmission bookkeeping of `RELIABLE` messages on datagram paths.
 //!
 //! The normative description is `docs/PROTOCOL.md`; test vectors are in
 //! `docs/test-vectors/`.
@@ -50,6 +52,7 @@
 
 pub mod compress;
 pub mod control;
+pub mod datagram;
 pub mod deframe;
 pub mod error;
 pub mod handshake;
@@ -70,5 +73,7 @@ pub use header::{
 };
 pub use keys::{Direction, Side, XTMPKeySet};
 pub use rng::{InsecureDeterministicRngForTestingOnly, SecureRandom};
-pub use session::{Received, ReplayMode, RttEstimator, Session, SessionConfig, SessionStats};
+pub use session::{
+    PathId, Received, ReplayMode, RttEstimator, Session, SessionConfig, SessionStats,
+};
 pub use xtmp_crypto;

@@ -35,6 +35,38 @@ pub enum ReplayMode {
     Window,
 }
 
+/// Which path of a session a frame travels on (`PROTOCOL.md` §9.6). A session has one
+/// primary path (the transport it was established on); a session established over a
+/// stream transport may add a datagram path. The path is carried, authenticated, in byte
+/// 13 of the `key_id`, and each path has its own replay check, so frames of one path can
+/// neither be replayed on the other nor push the other's replay window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum PathId {
+    /// The transport the handshake ran on (`key_id` byte 13 = 0).
+    Primary = 0,
+    /// A datagram path added to a stream session (`key_id` byte 13 = 1).
+    Datagram = 1,
+}
+
+impl PathId {
+    /// The path a sealed frame was sealed for (from its cleartext `key_id`); `None` if the
+    /// buffer is shorter than a header or the byte is not a known path.
+    pub fn of_frame(frame: &[u8]) -> Option<PathId> {
+        match frame.get(40 + 13)? {
+            0 => Some(PathId::Primary),
+            1 => Some(PathId::Datagram),
+            _ => None,
+        }
+    }
+}
+
+fn path_key_id(base: &[u8; 16], path: PathId) -> [u8; 16] {
+    let mut k = *base;
+    k[13] = path as u8;
+    k
+}
+
 /// Session settings. `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -213,6 +245,14 @@ pub struct Session {
     ping: Option<(u64, Instant)>,
     ping_counter: u64,
     rtt: RttEstimator,
+    /// A datagram path was added ([`Session::enable_datagram_path`]).
+    dgram_path: bool,
+    dgram_window: ReplayWindow,
+    dgram_ping: Option<(u64, Instant)>,
+    dgram_rtt: RttEstimator,
+    /// Window mode: the last `KeyUpdate` payload answered and the sealed `KeyUpdateAck`,
+    /// re-sent unchanged if the same `KeyUpdate` arrives again (its answer was lost).
+    last_key_update_answer: Option<(Vec<u8>, Vec<u8>)>,
     stats: SessionStats,
     closed: Option<XTMPError>,
     confirmed: bool,
@@ -291,6 +331,11 @@ impl Session {
             ping: None,
             ping_counter: 0,
             rtt: RttEstimator::default(),
+            dgram_path: false,
+            dgram_window: ReplayWindow::new(),
+            dgram_ping: None,
+            dgram_rtt: RttEstimator::default(),
+            last_key_update_answer: None,
             stats: SessionStats::default(),
             closed: None,
             // The client is confirmed by the server's ack; the server by the client's
@@ -359,6 +404,32 @@ impl Session {
         }
         self.config.replay_mode = mode;
     }
+    /// Adds a datagram path ([`PathId::Datagram`]) to this session (`PROTOCOL.md` §9.6):
+    /// frames of that path are accepted with their own replay window, and, because the
+    /// two paths share the sequence numbers, the primary path's ordered check accepts gaps
+    /// (each number must still be greater than the last one accepted on that path).
+    /// Superseded receive keys are then kept for the whole overlap on both paths.
+    pub fn enable_datagram_path(&mut self) {
+        self.dgram_path = true;
+    }
+    /// Whether [`Session::enable_datagram_path`] was called.
+    pub fn has_datagram_path(&self) -> bool {
+        self.dgram_path
+    }
+    /// RTT estimator of one path (heartbeats sent with [`Session::send_ping_on`]).
+    pub fn rtt_on(&self, path: PathId) -> &RttEstimator {
+        match path {
+            PathId::Primary => &self.rtt,
+            PathId::Datagram => &self.dgram_rtt,
+        }
+    }
+    /// Whether a heartbeat ping on `path` awaits its pong.
+    pub fn ping_outstanding_on(&self, path: PathId) -> bool {
+        match path {
+            PathId::Primary => self.ping.is_some(),
+            PathId::Datagram => self.dgram_ping.is_some(),
+        }
+    }
     /// The send-side key set (read-only; for diagnostics and test vectors).
     pub fn send_keys(&self) -> &XTMPKeySet {
         &self.send
@@ -409,6 +480,25 @@ impl Session {
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<u64, XTMPError> {
+        self.seal_on(PathId::Primary, message_type, flags, payload, out)
+    }
+
+    /// [`Session::seal`] for a given path (its `key_id` names the path).
+    ///
+    /// # Errors
+    /// As [`Session::seal`]; [`XTMPError::InvalidMessage`] for [`PathId::Datagram`] on a
+    /// session without a datagram path.
+    pub fn seal_on(
+        &mut self,
+        path: PathId,
+        message_type: MessageType,
+        flags: XTMPFlags,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<u64, XTMPError> {
+        if path == PathId::Datagram && !self.dgram_path {
+            return Err(XTMPError::InvalidMessage("no datagram path".into()));
+        }
         if matches!(
             message_type,
             MessageType::Handshake
@@ -421,14 +511,21 @@ impl Session {
         }
         if flags.contains(XTMPFlags::COMPRESSED) {
             if let Some(c) = compress::compress(payload, self.config.max_payload) {
-                return self.seal_raw(message_type, flags, &c, out);
+                return self.seal_raw(path, message_type, flags, &c, out);
             }
         }
-        self.seal_raw(message_type, flags - XTMPFlags::COMPRESSED, payload, out)
+        self.seal_raw(
+            path,
+            message_type,
+            flags - XTMPFlags::COMPRESSED,
+            payload,
+            out,
+        )
     }
 
     fn seal_raw(
         &mut self,
+        path: PathId,
         message_type: MessageType,
         flags: XTMPFlags,
         payload: &[u8],
@@ -471,7 +568,7 @@ impl Session {
             payload_length: len,
             checksum: 0,
             encryption_type: self.encryption_type,
-            key_id: *self.send.key_id(),
+            key_id: path_key_id(self.send.key_id(), path),
             nonce: nonce(
                 self.encryption_type,
                 self.send.direction(),
@@ -502,14 +599,25 @@ impl Session {
     }
 
     fn queue_control(&mut self, t: MessageType, payload: &[u8]) -> Result<(), XTMPError> {
+        self.queue_control_on(PathId::Primary, t, payload)
+    }
+
+    fn queue_control_on(
+        &mut self,
+        path: PathId,
+        t: MessageType,
+        payload: &[u8],
+    ) -> Result<(), XTMPError> {
         let mut f = Vec::with_capacity(HEADER_LEN + payload.len());
-        self.seal_raw(t, XTMPFlags::empty(), payload, &mut f)?;
+        self.seal_raw(path, t, XTMPFlags::empty(), payload, &mut f)?;
         self.outgoing.push_back(f);
         Ok(())
     }
 
     /// A frame the core wants sent (key update, heartbeat answer), in order.
-    /// Call after [`Session::open`] and [`Session::handle_timeout`].
+    /// Call after [`Session::open`] and [`Session::handle_timeout`]. A frame goes out on
+    /// the path [`PathId::of_frame`] names (a pong on the path its ping came in on;
+    /// everything else on the primary path).
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.outgoing.pop_front()
     }
@@ -519,12 +627,27 @@ impl Session {
     /// # Errors
     /// The sticky close error.
     pub fn send_ping(&mut self, now: Instant) -> Result<(), XTMPError> {
+        self.send_ping_on(now, PathId::Primary)
+    }
+
+    /// Queues a heartbeat ping on `path`; its pong feeds that path's RTT estimator
+    /// ([`Session::rtt_on`]). A ping still outstanding on that path is forgotten.
+    ///
+    /// # Errors
+    /// The sticky close error; [`XTMPError::InvalidMessage`] for a missing datagram path.
+    pub fn send_ping_on(&mut self, now: Instant, path: PathId) -> Result<(), XTMPError> {
+        if path == PathId::Datagram && !self.dgram_path {
+            return Err(XTMPError::InvalidMessage("no datagram path".into()));
+        }
         self.ping_counter += 1;
         let mut p = [0u8; 9];
         p[0] = HB_PING;
         p[1..].copy_from_slice(&self.ping_counter.to_be_bytes());
-        self.queue_control(MessageType::Heartbeat, &p)?;
-        self.ping = Some((self.ping_counter, now));
+        self.queue_control_on(path, MessageType::Heartbeat, &p)?;
+        match path {
+            PathId::Primary => self.ping = Some((self.ping_counter, now)),
+            PathId::Datagram => self.dgram_ping = Some((self.ping_counter, now)),
+        }
         Ok(())
     }
 
@@ -544,7 +667,13 @@ impl Session {
             reason: reason.to_string(),
         }
         .encode();
-        self.seal_raw(MessageType::Disconnect, XTMPFlags::empty(), &p, out)?;
+        self.seal_raw(
+            PathId::Primary,
+            MessageType::Disconnect,
+            XTMPFlags::empty(),
+            &p,
+            out,
+        )?;
         self.closed = Some(XTMPError::Closed);
         Ok(())
     }
@@ -580,6 +709,9 @@ impl Session {
         self.last_now = self.last_now.max(now);
         if self.recv_prev.as_ref().is_some_and(|p| now >= p.discard_at) {
             self.recv_prev = None;
+            // A repeated KeyUpdate would be sealed under the discarded keys: it can no
+            // longer arrive, so its stored answer goes too.
+            self.last_key_update_answer = None;
         }
         if matches!(self.rekey, Rekey::Idle) && (self.rekey_wanted || now >= self.next_rotation) {
             self.initiate_key_update(rng)?;
@@ -616,6 +748,23 @@ impl Session {
         };
         self.rekey_wanted = false;
         Ok(())
+    }
+
+    /// Datagram transports: seals the outstanding `KeyUpdate` again, under a new sequence
+    /// number (same payload, so the same rekey transcript), because the first one or its
+    /// answer may have been lost (`PROTOCOL.md` §9.7). A peer that already answered it
+    /// re-sends its stored `KeyUpdateAck`. Returns `false` when no key update is
+    /// outstanding.
+    ///
+    /// # Errors
+    /// The sticky close error.
+    pub fn requeue_key_update(&mut self) -> Result<bool, XTMPError> {
+        let Rekey::Initiated { request, .. } = &self.rekey else {
+            return Ok(false);
+        };
+        let p = request.clone();
+        self.queue_control(MessageType::KeyUpdate, &p)?;
+        Ok(true)
     }
 
     fn rekey_transcript(&self, request: &[u8], answer: &[u8]) -> [u8; 32] {
@@ -670,6 +819,15 @@ impl Session {
         if p.len() != KU_LEN {
             return Err(XTMPError::MalformedPayload(MessageType::KeyUpdate));
         }
+        if let Some((request, answer)) = &self.last_key_update_answer {
+            if request[..] == p[..] {
+                // The same KeyUpdate again: our answer was lost. Send it again unchanged
+                // (sealed under the previous generation, which the peer still uses).
+                let again = answer.clone();
+                self.outgoing.push_back(again);
+                return Ok(Received::Handled);
+            }
+        }
         let generation = u32::from_be_bytes([p[0], p[1], p[2], p[3]]);
         if Some(generation) != self.send.key_generation.checked_add(1) {
             return Err(XTMPError::MalformedPayload(MessageType::KeyUpdate));
@@ -695,7 +853,10 @@ impl Session {
         let secrets = GenerationSecrets::next(&self.rekey_secret, ss.as_bytes(), &th);
         // The answer goes out under the current generation, then we switch.
         self.queue_control(MessageType::KeyUpdateAck, &answer)?;
+        let keep_answer = self.config.replay_mode == ReplayMode::Window || self.dgram_path;
+        let sealed_answer = self.outgoing.back().filter(|_| keep_answer).cloned();
         self.install(now, &secrets, generation);
+        self.last_key_update_answer = sealed_answer.map(|a| (p.to_vec(), a));
         Ok(Received::KeyUpdated { generation })
     }
 
@@ -710,6 +871,11 @@ impl Session {
             request,
         } = &self.rekey
         else {
+            if p.len() == KUA_LEN && p[0..4] == self.send.key_generation.to_be_bytes() {
+                // A repeated answer to the key update that already completed (datagram
+                // transports re-send it when our KeyUpdate was repeated).
+                return Ok(Received::Handled);
+            }
             return Err(XTMPError::UnexpectedMessage(MessageType::KeyUpdateAck));
         };
         if p.len() != KUA_LEN || p[0..4] != generation.to_be_bytes() {
@@ -746,16 +912,32 @@ impl Session {
         frame: &'a mut [u8],
         rng: &mut dyn SecureRandom,
     ) -> Result<Received<'a>, XTMPError> {
+        self.open_on(PathId::Primary, now, frame, rng)
+    }
+
+    /// [`Session::open`] for a frame that arrived on `path`: its `key_id` must name that
+    /// path, and the path's own replay check applies.
+    ///
+    /// # Errors
+    /// As [`Session::open`]; a frame sealed for the other path (or for a datagram path
+    /// this session does not have) fails with [`XTMPError::UnknownKeyId`].
+    pub fn open_on<'a>(
+        &mut self,
+        path: PathId,
+        now: Instant,
+        frame: &'a mut [u8],
+        rng: &mut dyn SecureRandom,
+    ) -> Result<Received<'a>, XTMPError> {
         self.check_open()?;
         self.last_now = self.last_now.max(now);
-        let r = self.open_inner(now, frame, rng);
+        let r = self.open_inner(path, now, frame, rng);
         if let Err(e) = &r {
             match e {
                 XTMPError::AuthenticationFailed
                 | XTMPError::UnknownKeyId
                 | XTMPError::NonceMismatch => {
                     self.stats.auth_failures += 1;
-                    if self.config.replay_mode == ReplayMode::Window
+                    if (self.config.replay_mode == ReplayMode::Window || self.dgram_path)
                         && self.stats.auth_failures >= self.config.integrity_limit
                     {
                         self.closed = Some(XTMPError::IntegrityLimit);
@@ -773,6 +955,7 @@ impl Session {
 
     fn open_inner<'a>(
         &mut self,
+        path: PathId,
         now: Instant,
         frame: &'a mut [u8],
         rng: &mut dyn SecureRandom,
@@ -796,13 +979,16 @@ impl Session {
         if header.encryption_type != self.encryption_type {
             return Err(XTMPError::EncryptionNotPermitted(header.encryption_type));
         }
-        // 11: key id → current or previous generation.
-        let use_prev = if header.key_id == *self.recv.key_id() {
+        // 11: key id → current or previous generation, on this path.
+        if path == PathId::Datagram && !self.dgram_path {
+            return Err(XTMPError::UnknownKeyId);
+        }
+        let use_prev = if header.key_id == path_key_id(self.recv.key_id(), path) {
             false
         } else if self
             .recv_prev
             .as_ref()
-            .is_some_and(|p| header.key_id == *p.keys.key_id())
+            .is_some_and(|p| header.key_id == path_key_id(p.keys.key_id(), path))
         {
             true
         } else {
@@ -828,23 +1014,32 @@ impl Session {
         if seq == 0 || seq == u64::MAX {
             return Err(XTMPError::Replay(seq));
         }
-        match self.config.replay_mode {
-            ReplayMode::Ordered => {
-                if seq != self.recv_next {
+        match (path, self.config.replay_mode) {
+            (PathId::Datagram, _) => self.dgram_window.check(seq)?,
+            (PathId::Primary, ReplayMode::Ordered) => {
+                // With a datagram path the numbers are shared: gaps are expected, going
+                // backwards is not.
+                let ok = if self.dgram_path {
+                    seq >= self.recv_next
+                } else {
+                    seq == self.recv_next
+                };
+                if !ok {
                     return Err(XTMPError::OutOfOrder {
                         expected: self.recv_next,
                         got: seq,
                     });
                 }
             }
-            ReplayMode::Window => self.window.check(seq)?,
+            (PathId::Primary, ReplayMode::Window) => self.window.check(seq)?,
         }
         // 14: authenticate and decrypt.
         keys.open_frame(frame)?;
         // Accepted: only now does state change.
-        match self.config.replay_mode {
-            ReplayMode::Ordered => self.recv_next = seq.wrapping_add(1),
-            ReplayMode::Window => self.window.mark(seq),
+        match (path, self.config.replay_mode) {
+            (PathId::Datagram, _) => self.dgram_window.mark(seq),
+            (PathId::Primary, ReplayMode::Ordered) => self.recv_next = seq.wrapping_add(1),
+            (PathId::Primary, ReplayMode::Window) => self.window.mark(seq),
         }
         self.confirmed = true;
         let frame_len = frame.len();
@@ -859,7 +1054,7 @@ impl Session {
             self.recv.bytes += u64::from(header.payload_length);
             // On an ordered transport nothing older can follow a frame of the new
             // generation: drop (and zeroize) the previous one now.
-            if self.config.replay_mode == ReplayMode::Ordered {
+            if self.config.replay_mode == ReplayMode::Ordered && !self.dgram_path {
                 self.recv_prev = None;
             }
         }
@@ -881,16 +1076,21 @@ impl Session {
                         let mut p = [0u8; 9];
                         p.copy_from_slice(&payload);
                         p[0] = HB_PONG;
-                        self.queue_control(MessageType::Heartbeat, &p)?;
+                        // The pong goes back on the path the ping came in on.
+                        self.queue_control_on(path, MessageType::Heartbeat, &p)?;
                         Ok(Received::Ping)
                     }
                     HB_PONG => {
                         let id = u64::from_be_bytes(arr8(&payload[1..9]));
-                        match self.ping {
+                        let (ping, rtt_est) = match path {
+                            PathId::Primary => (&mut self.ping, &mut self.rtt),
+                            PathId::Datagram => (&mut self.dgram_ping, &mut self.dgram_rtt),
+                        };
+                        match *ping {
                             Some((pid, sent)) if pid == id => {
-                                self.ping = None;
+                                *ping = None;
                                 let rtt = now.saturating_duration_since(sent);
-                                self.rtt.update(rtt);
+                                rtt_est.update(rtt);
                                 Ok(Received::Pong { rtt })
                             }
                             // A late or unsolicited pong carries no sample.

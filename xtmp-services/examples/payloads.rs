@@ -1,5 +1,5 @@
 //! Prints one real JSON request and response per message type (long hex shortened), the
-//! material of `PAYLOADS.md`: `cargo run -p xtmp-services --example payloads`.
+//! material of `docs/PROTOCOL.md` §12.9: `cargo run -p xtmp-services --example payloads`.
 #![allow(clippy::unwrap_used)]
 
 use serde::Serialize;
@@ -30,7 +30,7 @@ fn show(
 ) -> Value {
     let body = serde_json::to_vec(req).unwrap();
     let out = svc.handle(c, t, &body, now);
-    println!("### {title} (`{t}`, 0x{:02X})\n", t.0);
+    println!("#### {title} (`{t}`, 0x{:02X})\n", t.0);
     println!(
         "Request:\n```json\n{}\n```",
         serde_json::to_string_pretty(&shorten(serde_json::to_value(req).unwrap())).unwrap()
@@ -368,7 +368,7 @@ fn main() {
         now,
     );
 
-    println!("### Streams\n");
+    println!("#### Streams (`LiveUpdates` 0x40, `EventStream` 0x41, `MetricsStream` 0x42)\n");
     let live = LiveUpdatesRequest {
         wallets: vec![bob.address()],
         bundles: vec![id],

@@ -24,6 +24,8 @@ use crate::error::AppError;
 pub const MAX_BUNDLE_TRANSACTIONS: usize = 1000;
 /// Hard cap on a registry value (bytes).
 pub const MAX_REGISTRY_VALUE: usize = 64 * 1024;
+/// Hard cap on the notification buffer.
+pub const MAX_EVENT_CAPACITY: usize = 1_000_000;
 
 /// One genesis allocation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +112,16 @@ impl ServicesConfig {
         }
         if self.max_registry_value > MAX_REGISTRY_VALUE {
             return bad("max_registry_value must be at most 65536");
+        }
+        if self.event_capacity == 0 || self.event_capacity > MAX_EVENT_CAPACITY {
+            // tokio's broadcast channel panics on 0 and on huge capacities.
+            return bad("event_capacity must be in 1..=1000000");
+        }
+        if self.max_sessions == 0 || self.max_locks == 0 || self.max_locks_per_session == 0 {
+            return bad("max_sessions, max_locks and max_locks_per_session must be > 0");
+        }
+        if self.group_commit_max_batch == 0 {
+            return bad("group_commit_max_batch must be > 0");
         }
         if let Some(k) = &self.mint_authority {
             PublicKey::from_bytes(k.as_slice())
@@ -216,6 +228,11 @@ impl ServicesConfig {
     pub fn max_registry_value(&self) -> usize {
         self.max_registry_value
     }
+    /// Sets the largest registry value (at most 64 KiB).
+    pub fn set_max_registry_value(&mut self, bytes: usize) -> &mut Self {
+        self.max_registry_value = bytes;
+        self
+    }
 
     /// Most write operations per storage commit (1 disables group commit; default 512).
     pub fn group_commit_max_batch(&self) -> usize {
@@ -231,10 +248,20 @@ impl ServicesConfig {
     pub fn event_capacity(&self) -> usize {
         self.event_capacity
     }
+    /// Sets the notification buffer (1 to 1 000 000).
+    pub fn set_event_capacity(&mut self, n: usize) -> &mut Self {
+        self.event_capacity = n;
+        self
+    }
 
     /// Most sessions with wallet-auth state (default 100 000).
     pub fn max_sessions(&self) -> usize {
         self.max_sessions
+    }
+    /// Sets the most sessions with wallet-auth state.
+    pub fn set_max_sessions(&mut self, n: usize) -> &mut Self {
+        self.max_sessions = n;
+        self
     }
 
     /// Most held locks in all (default 100 000).

@@ -1,4 +1,5 @@
-//! The JSON request and response payloads of every message type (see `PAYLOADS.md`).
+//! The JSON request and response payloads of every message type (see `docs/PROTOCOL.md`
+//! §12).
 //!
 //! Byte strings are lowercase hex; amounts, nonces, versions, serials and times are JSON
 //! integers (times in milliseconds since the Unix epoch, `*_ms`). Unknown fields are

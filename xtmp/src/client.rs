@@ -34,7 +34,12 @@ use xtmp_proto::{
 };
 
 use crate::error::ClientError;
+use crate::udp::{DatagramOptions, DatagramPathMetrics};
+
+mod dgram;
+use crate::manager::ConnectionType;
 use crate::metrics::{QualityTracker, XTMPQualityMetrics};
+use crate::order::{SkippedStep, TransportInfo, TransportStep, TransportTarget};
 use crate::rng::{unix_time_ns, OsRng};
 use crate::router::lock;
 use crate::transport::{
@@ -103,6 +108,17 @@ pub struct ClientOptions {
     pub read_timeout: Duration,
     /// A write must complete within this long (default 30 s).
     pub write_timeout: Duration,
+    /// Transports to try, in order, each with its own timeout (see [`crate::order`]).
+    /// Empty (the default): TCP to the address given to `connect`, within
+    /// `connect_timeout`.
+    pub transport_order: Vec<TransportStep>,
+    /// Datagram settings of `UdpFast` and `TcpUdpHybrid` sessions (budget, retransmission,
+    /// hybrid policy and switching). `RELIABLE` messages are given up after
+    /// `request_timeout`.
+    pub datagram: DatagramOptions,
+    /// The server's UDP address for a `TcpUdpHybrid` session (default: the TCP address's
+    /// IP with the port the server grants).
+    pub udp_address: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for ClientOptions {
@@ -114,6 +130,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("reconnect", &self.reconnect)
+            .field("transport_order", &self.transport_order)
             .finish_non_exhaustive()
     }
 }
@@ -142,6 +159,9 @@ impl ClientOptions {
             local_address: None,
             read_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
+            transport_order: Vec::new(),
+            datagram: DatagramOptions::default(),
+            udp_address: None,
         }
     }
 
@@ -293,18 +313,42 @@ struct CState {
     closing: bool,
     last_received: Instant,
     quality: QualityTracker,
+    /// `UdpFast` / `TcpUdpHybrid`: the datagram side ([`dgram`]).
+    dgram: Option<Box<dgram::ClientDgram>>,
 }
 
 impl CState {
     fn drain_core(&mut self) {
         while let Some(f) = self.core.poll_transmit() {
-            self.wbuf.extend_from_slice(&f);
+            match self.dgram.as_mut() {
+                Some(d) => d.route_core_frame(&mut self.wbuf, f),
+                None => self.wbuf.extend_from_slice(&f),
+            }
+        }
+    }
+
+    /// Records a sealed outgoing message under its sequence number.
+    fn register_sent(&mut self, seq: u64, kind: OutKind) {
+        match kind {
+            OutKind::Request(tx) => {
+                self.pending.insert(seq, Pending::Request(tx));
+            }
+            OutKind::Ack(tx) => {
+                self.pending.insert(seq, Pending::Ack(tx));
+            }
+            OutKind::Fire(tx) => self.written.push(tx),
+            OutKind::Subscribe { sub_id, tx } => {
+                self.streams.insert(seq, sub_id);
+                self.pending.insert(seq, Pending::Subscribe { sub_id, tx });
+            }
         }
     }
 }
 
 struct ClientConn {
     session_id: u64,
+    /// The transport this connection runs on.
+    transport: TransportInfo,
     state: Mutex<CState>,
     wake: Notify,
     /// Signalled by the writer each time it takes the write buffer.
@@ -429,105 +473,225 @@ pub async fn connect(
     XTMPClient::connect(address, options).await
 }
 
-type Io = (
-    FrameReader<tokio::net::tcp::OwnedReadHalf>,
-    tokio::net::tcp::OwnedWriteHalf,
-);
+type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+/// A connection's I/O: the byte stream (absent for `UdpFast`, whose writer is a datagram
+/// sink) and the datagram side of `UdpFast` / `TcpUdpHybrid` sessions.
+struct Io {
+    reader: Option<FrameReader<BoxRead>>,
+    writer: BoxWrite,
+    dgram: Option<Box<dgram::ClientDgram>>,
+}
 
+/// Walks the transport order (`ClientOptions::transport_order`, or TCP to `addr`): each step
+/// must connect and complete the handshake within its timeout; see [`crate::order`].
 async fn establish(
     addr: SocketAddr,
     opts: &ClientOptions,
 ) -> Result<(Arc<ClientConn>, Io), ClientError> {
-    let fut = async {
-        let stream = match opts.local_address {
-            None => TcpStream::connect(addr).await,
-            Some(local) => {
-                let sock = if local.is_ipv4() {
-                    TcpSocket::new_v4()
-                } else {
-                    TcpSocket::new_v6()
+    let default_order = [TransportStep::tcp()];
+    let order: &[TransportStep] = if opts.transport_order.is_empty() {
+        &default_order
+    } else {
+        &opts.transport_order
+    };
+    let mut skipped = Vec::new();
+    let mut failures = Vec::new();
+    for step in order {
+        let timeout = step.timeout.unwrap_or(opts.connect_timeout);
+        let endpoint = step.endpoint(addr);
+        let res = match tokio::time::timeout(timeout, establish_step(addr, opts, step)).await {
+            Ok(r) => r,
+            Err(_) => Err(match &step.target {
+                TransportTarget::WebSocket(w) => ClientError::WebSocket {
+                    url: w.url.to_string(),
+                    reason: format!("no session within {timeout:?}"),
+                },
+                TransportTarget::Address(a) => ClientError::ConnectTimeout(*a),
+                _ => ClientError::ConnectTimeout(addr),
+            }),
+        };
+        match res {
+            Ok((session, mut io)) => {
+                let transport = TransportInfo {
+                    connection_type: step.connection_type,
+                    endpoint,
+                    skipped,
                 };
-                match sock {
-                    Ok(s) => match s.bind(local) {
-                        Ok(()) => s.connect(addr).await,
-                        Err(e) => Err(e),
-                    },
-                    Err(e) => Err(e),
+                let conn = new_conn(*session, transport);
+                lock(&conn.state).dgram = io.dgram.take();
+                return Ok((conn, io));
+            }
+            Err(e) => {
+                if order.len() == 1 || !crate::order::falls_through(&e) {
+                    return Err(e);
                 }
+                debug!(transport = %step.connection_type, %endpoint, error = %e, "transport failed; trying the next one");
+                skipped.push(SkippedStep {
+                    connection_type: step.connection_type,
+                    endpoint,
+                    error: e.to_string(),
+                });
+                failures.push((step.connection_type, e));
             }
         }
-        .map_err(|e| ClientError::Connect {
-            address: addr,
-            reason: e.to_string(),
-        })?;
-        let _ = stream.set_nodelay(true);
-        let (r, mut w) = stream.into_split();
-        let mut fr = FrameReader::new(r, opts.max_payload.max(8192));
-        let (mut hs, m1) = ClientHandshake::start(opts.client_config(), unix_time_ns(), &mut OsRng)
-            .map_err(ClientError::Handshake)?;
-        let io_err = |e: std::io::Error| ClientError::Connect {
-            address: addr,
-            reason: e.to_string(),
-        };
-        write_all_timeout(&mut w, &m1, opts.write_timeout)
-            .await
-            .map_err(io_err)?;
-        let session = loop {
-            let frame = match fr.next_frame(opts.read_timeout, &|_| {}).await {
-                Ok(Some(f)) => f,
-                Ok(None) => {
-                    return Err(ClientError::Connect {
-                        address: addr,
-                        reason: "connection closed during the handshake".into(),
-                    })
-                }
-                Err(ReadError::Io(e)) => return Err(io_err(e)),
-                Err(ReadError::Timeout) => return Err(ClientError::ConnectTimeout(addr)),
-                Err(ReadError::Frame(e)) => return Err(ClientError::Handshake(e)),
-            };
-            if let Some(e) = parse_plain_error(&frame) {
-                return Err(ClientError::Refused {
-                    code: e.code,
-                    reason: e.reason,
-                });
-            }
-            match hs.handle(std::time::Instant::now(), &frame) {
-                Ok(ClientOutcome::Retry(f)) => {
-                    write_all_timeout(&mut w, &f, opts.write_timeout)
-                        .await
-                        .map_err(io_err)?;
-                }
-                Ok(ClientOutcome::Established(s)) => break s,
-                Err(e) => return Err(ClientError::Handshake(e)),
-            }
-        };
-        let now = Instant::now();
-        let conn = Arc::new(ClientConn {
-            session_id: session.session_id(),
-            state: Mutex::new(CState {
-                core: *session,
-                wbuf: Vec::new(),
-                priority: VecDeque::new(),
-                normal: VecDeque::new(),
-                pending: HashMap::new(),
-                streams: HashMap::new(),
-                written: Vec::new(),
-                ping_waiters: Vec::new(),
-                ended: None,
-                closing: false,
-                last_received: now,
-                quality: QualityTracker::new(now.into_std()),
-            }),
-            wake: Notify::new(),
-            drained: Notify::new(),
-            close: CancellationToken::new(),
-        });
-        Ok((conn, (fr, w)))
-    };
-    match tokio::time::timeout(opts.connect_timeout, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(ClientError::ConnectTimeout(addr)),
     }
+    Err(ClientError::AllTransportsFailed(failures))
+}
+
+async fn tcp_connect(addr: SocketAddr, opts: &ClientOptions) -> Result<TcpStream, ClientError> {
+    match opts.local_address {
+        None => TcpStream::connect(addr).await,
+        Some(local) => {
+            let sock = if local.is_ipv4() {
+                TcpSocket::new_v4()
+            } else {
+                TcpSocket::new_v6()
+            };
+            match sock {
+                Ok(s) => match s.bind(local) {
+                    Ok(()) => s.connect(addr).await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            }
+        }
+    }
+    .map_err(|e| ClientError::Connect {
+        address: addr,
+        reason: e.to_string(),
+    })
+}
+
+/// One step of the order: open the byte stream, then run the handshake over it.
+async fn establish_step(
+    addr: SocketAddr,
+    opts: &ClientOptions,
+    step: &TransportStep,
+) -> Result<(Box<Session>, Io), ClientError> {
+    let (r, mut w, addr): (BoxRead, BoxWrite, SocketAddr) =
+        match (step.connection_type, &step.target) {
+            (
+                ConnectionType::TcpReliable,
+                TransportTarget::ConnectAddress | TransportTarget::Address(_),
+            ) => {
+                let a = match step.target {
+                    TransportTarget::Address(a) => a,
+                    _ => addr,
+                };
+                let stream = tcp_connect(a, opts).await?;
+                let _ = stream.set_nodelay(true);
+                let (r, w) = stream.into_split();
+                (Box::new(r), Box::new(w), a)
+            }
+            (ConnectionType::WebSocketFallback, TransportTarget::WebSocket(target)) => {
+                let (stream, peer) =
+                    crate::ws::connect(target, opts.local_address, opts.max_payload.max(8192))
+                        .await?;
+                let (r, w) = tokio::io::split(stream);
+                (Box::new(r), Box::new(w), peer)
+            }
+            (
+                ConnectionType::UdpFast,
+                TransportTarget::ConnectAddress | TransportTarget::Address(_),
+            ) => {
+                let a = match step.target {
+                    TransportTarget::Address(a) => a,
+                    _ => addr,
+                };
+                return dgram::establish_udp(a, opts).await;
+            }
+            (
+                ConnectionType::TcpUdpHybrid,
+                TransportTarget::ConnectAddress | TransportTarget::Address(_),
+            ) => {
+                let tcp_step = TransportStep {
+                    connection_type: ConnectionType::TcpReliable,
+                    ..step.clone()
+                };
+                let (session, mut io) = Box::pin(establish_step(addr, opts, &tcp_step)).await?;
+                let tcp_addr = match step.target {
+                    TransportTarget::Address(a) => a,
+                    _ => addr,
+                };
+                io.dgram = Some(dgram::ClientDgram::hybrid(tcp_addr, opts).await?);
+                return Ok((session, io));
+            }
+            (t, _) => return Err(ClientError::UnsupportedTransport(t)),
+        };
+    let mut fr = FrameReader::new(r, opts.max_payload.max(8192));
+    let (mut hs, m1) = ClientHandshake::start(opts.client_config(), unix_time_ns(), &mut OsRng)
+        .map_err(ClientError::Handshake)?;
+    let io_err = |e: std::io::Error| ClientError::Connect {
+        address: addr,
+        reason: e.to_string(),
+    };
+    write_all_timeout(&mut w, &m1, opts.write_timeout)
+        .await
+        .map_err(io_err)?;
+    let session = loop {
+        let frame = match fr.next_frame(opts.read_timeout, &|_| {}).await {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                return Err(ClientError::Connect {
+                    address: addr,
+                    reason: "connection closed during the handshake".into(),
+                })
+            }
+            Err(ReadError::Io(e)) => return Err(io_err(e)),
+            Err(ReadError::Timeout) => return Err(ClientError::ConnectTimeout(addr)),
+            Err(ReadError::Frame(e)) => return Err(ClientError::Handshake(e)),
+        };
+        if let Some(e) = parse_plain_error(&frame) {
+            return Err(ClientError::Refused {
+                code: e.code,
+                reason: e.reason,
+            });
+        }
+        match hs.handle(std::time::Instant::now(), &frame) {
+            Ok(ClientOutcome::Retry(f)) => {
+                write_all_timeout(&mut w, &f, opts.write_timeout)
+                    .await
+                    .map_err(io_err)?;
+            }
+            Ok(ClientOutcome::Established(s)) => break s,
+            Err(e) => return Err(ClientError::Handshake(e)),
+        }
+    };
+    Ok((
+        session,
+        Io {
+            reader: Some(fr),
+            writer: w,
+            dgram: None,
+        },
+    ))
+}
+
+fn new_conn(session: Session, transport: TransportInfo) -> Arc<ClientConn> {
+    let now = Instant::now();
+    Arc::new(ClientConn {
+        session_id: session.session_id(),
+        transport,
+        state: Mutex::new(CState {
+            core: session,
+            wbuf: Vec::new(),
+            priority: VecDeque::new(),
+            normal: VecDeque::new(),
+            pending: HashMap::new(),
+            streams: HashMap::new(),
+            written: Vec::new(),
+            ping_waiters: Vec::new(),
+            ended: None,
+            closing: false,
+            last_received: now,
+            quality: QualityTracker::new(now.into_std()),
+            dgram: None,
+        }),
+        wake: Notify::new(),
+        drained: Notify::new(),
+        close: CancellationToken::new(),
+    })
 }
 
 impl XTMPClient {
@@ -566,9 +730,47 @@ impl XTMPClient {
         })
     }
 
+    /// Connects over WebSocket only (`ws://` or `wss://`; see [`crate::ws`]), unless
+    /// `options.transport_order` is set, in which case that order is used and `target`
+    /// only names the server for [`XTMPClient::server_address`].
+    ///
+    /// # Errors
+    /// [`ClientError::WebSocket`] when the host cannot be resolved or the WebSocket cannot
+    /// be set up; otherwise as [`XTMPClient::connect`].
+    pub async fn connect_websocket(
+        target: impl Into<crate::ws::WebSocketTarget>,
+        mut options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        let target = target.into();
+        let url = &target.url;
+        let address = tokio::net::lookup_host((url.host(), url.port()))
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| ClientError::WebSocket {
+                url: url.to_string(),
+                reason: format!("cannot resolve {}", url.host()),
+            })?;
+        if options.transport_order.is_empty() {
+            options.transport_order = vec![TransportStep::websocket(target)];
+        }
+        Self::connect(address, options).await
+    }
+
     /// The server address.
     pub fn server_address(&self) -> SocketAddr {
         self.inner.addr
+    }
+
+    /// The transport the current session runs on (`None` while reconnecting).
+    pub fn transport(&self) -> Option<ConnectionType> {
+        self.current().map(|c| c.transport.connection_type)
+    }
+
+    /// The transport of the current session with its endpoint and the steps of the
+    /// transport order that failed before it.
+    pub fn transport_info(&self) -> Option<TransportInfo> {
+        self.current().map(|c| c.transport.clone())
     }
 
     /// The options in use.
@@ -617,8 +819,32 @@ impl XTMPClient {
     pub fn quality(&self) -> Option<XTMPQualityMetrics> {
         self.current().map(|c| {
             let st = lock(&c.state);
-            st.quality.snapshot(st.core.rtt().smoothed(), 0, 0)
+            let mut q = st.quality.snapshot(st.core.rtt().smoothed(), 0, 0);
+            if let Some(d) = &st.dgram {
+                let m = d.metrics(&st.core);
+                q.packet_loss = q.packet_loss.max(m.loss);
+                if m.srtt_ms > 0.0 {
+                    q.latency_ms = m.srtt_ms;
+                }
+            }
+            q
         })
+    }
+
+    /// The datagram path of the current session (`UdpFast`, or the UDP path of a
+    /// `TcpUdpHybrid` session): state, peer, RTT, loss, retransmissions, ...
+    pub fn datagram_metrics(&self) -> Option<DatagramPathMetrics> {
+        let c = self.current()?;
+        let st = lock(&c.state);
+        st.dgram.as_ref().map(|d| d.metrics(&st.core))
+    }
+
+    /// Pushes dropped by the datagram side: `(late, full)` — older than one already
+    /// delivered on their stream, or arriving while the subscription's buffer was full.
+    pub fn datagram_pushes_dropped(&self) -> Option<(u64, u64)> {
+        let c = self.current()?;
+        let st = lock(&c.state);
+        st.dgram.as_ref().map(|d| (d.pushes_late, d.pushes_dropped))
     }
 
     async fn enqueue(&self, mut o: Outbound, deadline: Instant) -> Result<(), ClientError> {
@@ -657,6 +883,20 @@ impl XTMPClient {
         let max = self.inner.opts.max_payload;
         if len > max as usize {
             return Err(ClientError::PayloadTooLarge { len, max });
+        }
+        // On a UdpFast session a message must fit one datagram (compression aside, which
+        // the writer checks after sealing).
+        let udp = self
+            .current()
+            .is_some_and(|c| c.transport.connection_type == ConnectionType::UdpFast);
+        let d = &self.inner.opts.datagram;
+        let compressible =
+            self.inner.opts.enable_compression && len >= self.inner.opts.compression_threshold;
+        if udp && !compressible && len > d.max_reliable_body() {
+            return Err(ClientError::MessageTooLarge {
+                len,
+                max: d.max_reliable_body(),
+            });
         }
         Ok(())
     }
@@ -1049,10 +1289,22 @@ fn finish(inner: &ClientInner, err: ClientError) {
 }
 
 async fn run_conn(inner: &Arc<ClientInner>, conn: Arc<ClientConn>, io: Io) -> ClientError {
-    let (fr, w) = io;
+    let Io { reader, writer, .. } = io;
+    let udp = lock(&conn.state).dgram.as_ref().map(|d| d.io());
+    let stream_reader = async {
+        if let Some(fr) = reader {
+            client_reader(inner.clone(), conn.clone(), fr).await;
+        }
+    };
+    let udp_reader = async {
+        if let Some(io) = udp {
+            dgram::udp_reader(inner.clone(), conn.clone(), io).await;
+        }
+    };
     tokio::join!(
-        client_reader(inner.clone(), conn.clone(), fr),
-        client_writer(inner.clone(), conn.clone(), w)
+        stream_reader,
+        udp_reader,
+        client_writer(inner.clone(), conn.clone(), writer)
     );
     let reason = lock(&conn.state)
         .ended
@@ -1131,7 +1383,10 @@ async fn client_reader<R: AsyncRead + Unpin>(
                     st.last_received = now;
                     match r {
                         Received::Message { header, payload } => {
-                            handle_message(&inner, &mut st, header, &payload)
+                            match dgram::pre_message(&mut st, now, header, payload) {
+                                Some((h, p)) => handle_message(&inner, &mut st, h, &p),
+                                None => Act::Nothing,
+                            }
                         }
                         Received::Pong { rtt } => {
                             st.quality.on_pong();
@@ -1153,7 +1408,7 @@ async fn client_reader<R: AsyncRead + Unpin>(
                 }
             };
             st.drain_core();
-            if !st.wbuf.is_empty() {
+            if !st.wbuf.is_empty() || st.dgram.as_ref().is_some_and(|d| d.st.wants_write()) {
                 conn.wake.notify_one();
             }
             act
@@ -1209,100 +1464,107 @@ async fn client_reader<R: AsyncRead + Unpin>(
             }
         }
     }
+}
 
-    fn handle_message(inner: &ClientInner, st: &mut CState, header: Header, payload: &[u8]) -> Act {
-        let t = header.message_type;
-        if header.flags.contains(XTMPFlags::STREAMING) {
-            let Ok((stream_id, body)) = split_response(t, payload) else {
+fn handle_message(inner: &ClientInner, st: &mut CState, header: Header, payload: &[u8]) -> Act {
+    let t = header.message_type;
+    if header.flags.contains(XTMPFlags::STREAMING) {
+        let Ok((stream_id, body)) = split_response(t, payload) else {
+            return Act::Nothing;
+        };
+        let stream_id = dgram::first_seq(st, stream_id);
+        return match st.streams.get(&stream_id) {
+            Some(&sub_id) => Act::Push(
+                sub_id,
+                PushedMessage {
+                    message_type: t,
+                    flags: header.flags,
+                    stream_id,
+                    sequence_number: header.sequence_number,
+                    body: body.to_vec(),
+                },
+            ),
+            None => {
+                inner.orphan_pushes.fetch_add(1, Ordering::Relaxed);
+                Act::Nothing
+            }
+        };
+    }
+    match t {
+        MessageType::Response | MessageType::QLOCKResponse | MessageType::TLSLSResponse => {
+            let Ok((seq, body)) = split_response(t, payload) else {
                 return Act::Nothing;
             };
-            return match st.streams.get(&stream_id) {
-                Some(&sub_id) => Act::Push(
-                    sub_id,
-                    PushedMessage {
-                        message_type: t,
-                        flags: header.flags,
-                        stream_id,
-                        sequence_number: header.sequence_number,
-                        body: body.to_vec(),
-                    },
-                ),
-                None => {
-                    inner.orphan_pushes.fetch_add(1, Ordering::Relaxed);
-                    Act::Nothing
-                }
+            let seq = dgram::first_seq(st, seq);
+            dgram::settled(st, seq);
+            let resp = Response {
+                message_type: t,
+                body: body.to_vec(),
+                flags: header.flags,
+                request_seq: seq,
             };
+            match st.pending.remove(&seq) {
+                Some(Pending::Request(tx)) => {
+                    let _ = tx.send(Ok(resp));
+                }
+                Some(Pending::Subscribe { tx: Some(tx), .. }) => {
+                    let _ = tx.send(Ok(resp));
+                }
+                Some(Pending::Subscribe { tx: None, .. }) => {}
+                Some(other @ Pending::Ack(_)) => {
+                    // A response to an acknowledged send arrived before its Ack: keep waiting.
+                    st.pending.insert(seq, other);
+                }
+                None => trace!(seq, "response to a request nobody waits for"),
+            }
+            Act::Nothing
         }
-        match t {
-            MessageType::Response | MessageType::QLOCKResponse | MessageType::TLSLSResponse => {
-                let Ok((seq, body)) = split_response(t, payload) else {
-                    return Act::Nothing;
-                };
-                let resp = Response {
-                    message_type: t,
-                    body: body.to_vec(),
-                    flags: header.flags,
-                    request_seq: seq,
-                };
+        MessageType::Ack => {
+            if let Ok(seq) = decode_ack(payload) {
+                let seq = dgram::first_seq(st, seq);
+                dgram::settled(st, seq);
                 match st.pending.remove(&seq) {
-                    Some(Pending::Request(tx)) => {
-                        let _ = tx.send(Ok(resp));
+                    Some(Pending::Ack(tx)) => {
+                        let _ = tx.send(Ok(()));
                     }
-                    Some(Pending::Subscribe { tx: Some(tx), .. }) => {
-                        let _ = tx.send(Ok(resp));
-                    }
-                    Some(Pending::Subscribe { tx: None, .. }) => {}
-                    Some(other @ Pending::Ack(_)) => {
-                        // A response to an acknowledged send arrived before its Ack: keep waiting.
+                    Some(other) => {
                         st.pending.insert(seq, other);
                     }
-                    None => trace!(seq, "response to a request nobody waits for"),
+                    None => {}
                 }
-                Act::Nothing
             }
-            MessageType::Ack => {
-                if let Ok(seq) = decode_ack(payload) {
-                    match st.pending.remove(&seq) {
-                        Some(Pending::Ack(tx)) => {
-                            let _ = tx.send(Ok(()));
-                        }
-                        Some(other) => {
-                            st.pending.insert(seq, other);
-                        }
-                        None => {}
+            Act::Nothing
+        }
+        MessageType::Error => {
+            let Ok(e) = ErrorPayload::decode(payload) else {
+                return Act::Nothing;
+            };
+            let err = ClientError::Remote {
+                code: e.code,
+                reason: e.reason.clone(),
+            };
+            // Session frames are numbered from 1, so `request_seq` 0 means "not about
+            // a request" and matches nothing outstanding.
+            let request_seq = dgram::first_seq(st, e.request_seq);
+            dgram::settled(st, request_seq);
+            match st.pending.remove(&request_seq) {
+                Some(p) => match p.fail(err) {
+                    Some((sub_id, err)) => {
+                        st.streams.retain(|_, s| *s != sub_id);
+                        Act::FailSub(sub_id, err)
                     }
-                }
-                Act::Nothing
-            }
-            MessageType::Error => {
-                let Ok(e) = ErrorPayload::decode(payload) else {
-                    return Act::Nothing;
-                };
-                let err = ClientError::Remote {
-                    code: e.code,
-                    reason: e.reason.clone(),
-                };
-                // Session frames are numbered from 1, so `request_seq` 0 means "not about
-                // a request" and matches nothing outstanding.
-                match st.pending.remove(&e.request_seq) {
-                    Some(p) => match p.fail(err) {
-                        Some((sub_id, err)) => {
-                            st.streams.retain(|_, s| *s != sub_id);
-                            Act::FailSub(sub_id, err)
-                        }
-                        None => Act::Nothing,
-                    },
-                    None => {
-                        inner.unmatched_errors.fetch_add(1, Ordering::Relaxed);
-                        warn!(seq = e.request_seq, code = ?e.code, reason = %e.reason, "server reported an error not matching an outstanding request");
-                        Act::Nothing
-                    }
+                    None => Act::Nothing,
+                },
+                None => {
+                    inner.unmatched_errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(seq = e.request_seq, code = ?e.code, reason = %e.reason, "server reported an error not matching an outstanding request");
+                    Act::Nothing
                 }
             }
-            other => {
-                debug!(message_type = ?other, "unsolicited message from the server ignored");
-                Act::Nothing
-            }
+        }
+        other => {
+            debug!(message_type = ?other, "unsolicited message from the server ignored");
+            Act::Nothing
         }
     }
 }
@@ -1317,9 +1579,10 @@ async fn client_writer<W: AsyncWrite + Unpin>(
     let mut next_heartbeat = Instant::now() + hb;
     loop {
         let now = Instant::now();
-        let (batch, written, finished, deadline) = {
+        let (batch, dbatch, written, finished, deadline, failed_subs) = {
             let mut guard = lock(&conn.state);
             let st = &mut *guard;
+            let mut failed_subs = Vec::new();
             let mut finished = st.ended.is_some();
             if !finished && (st.closing || inner.closed.is_cancelled()) {
                 st.drain_core();
@@ -1350,30 +1613,40 @@ async fn client_writer<W: AsyncWrite + Unpin>(
                     next_heartbeat = now + hb;
                 }
                 st.drain_core();
-                while st.wbuf.len() < WRITE_BATCH_BYTES {
+                if st.dgram.is_some() {
+                    match dgram::tick(st, now.into_std(), opts) {
+                        Ok(f) => failed_subs = f,
+                        Err(e) => {
+                            debug!(error = %e, "datagram path failed");
+                            finished = true;
+                        }
+                    }
+                }
+                let buffered =
+                    |st: &CState| st.wbuf.len() + st.dgram.as_ref().map_or(0, |d| d.buffered());
+                while buffered(st) < WRITE_BATCH_BYTES {
                     let Some(o) = st.priority.pop_front().or_else(|| st.normal.pop_front()) else {
                         break;
                     };
                     st.drain_core();
+                    if st.dgram.is_some() {
+                        if let Some(back) = dgram::seal_outbound(st, o, now.into_std(), opts) {
+                            // No RELIABLE id free yet: wait for acknowledgements.
+                            st.priority.push_front(back);
+                            break;
+                        }
+                        continue;
+                    }
                     match st
                         .core
                         .seal(o.message_type, o.flags, &o.payload, &mut st.wbuf)
                     {
-                        Ok(seq) => match o.kind {
-                            OutKind::Request(tx) => {
-                                st.pending.insert(seq, Pending::Request(tx));
-                            }
-                            OutKind::Ack(tx) => {
-                                st.pending.insert(seq, Pending::Ack(tx));
-                            }
-                            OutKind::Fire(tx) => st.written.push(tx),
-                            OutKind::Subscribe { sub_id, tx } => {
-                                st.streams.insert(seq, sub_id);
-                                st.pending.insert(seq, Pending::Subscribe { sub_id, tx });
-                            }
-                        },
+                        Ok(seq) => st.register_sent(seq, o.kind),
                         Err(e) => o.kind.fail(ClientError::Protocol(e)),
                     }
+                }
+                if let Some(d) = st.dgram.as_mut() {
+                    d.flush_acks(&mut st.core, &mut st.wbuf);
                 }
             }
             let batch = std::mem::take(&mut st.wbuf);
@@ -1382,9 +1655,22 @@ async fn client_writer<W: AsyncWrite + Unpin>(
             if let Some(t) = st.core.poll_timeout() {
                 deadline = deadline.min(Instant::from_std(t));
             }
-            (batch, written, finished, deadline)
+            let dbatch = match st.dgram.as_mut() {
+                Some(d) => {
+                    deadline = deadline.min(Instant::from_std(d.poll_timeout()));
+                    d.take_datagrams()
+                }
+                None => None,
+            };
+            (batch, dbatch, written, finished, deadline, failed_subs)
         };
         conn.drained.notify_waiters();
+        for (id, e) in failed_subs {
+            fail_sub(&inner, id, e);
+        }
+        if let Some((mut sink, d)) = dbatch {
+            let _ = write_all_timeout(&mut sink, &d, opts.write_timeout).await;
+        }
         let wrote = !batch.is_empty();
         if wrote {
             if let Err(e) = write_all_timeout(&mut w, &batch, opts.write_timeout).await {

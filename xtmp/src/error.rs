@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 
 use xtmp_proto::{ErrorCode, MessageType, XTMPError};
 
+use crate::manager::ConnectionType;
+
 /// Errors of the server runtime and its configuration.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -57,6 +59,22 @@ pub enum ClientError {
     /// The local side of the handshake failed (wrong server key, malformed answer, ...).
     #[error("handshake failed: {0}")]
     Handshake(XTMPError),
+    /// The WebSocket transport could not be set up: name resolution, TCP connect, TLS,
+    /// or the HTTP upgrade failed (the server's HTTP status is in the reason).
+    #[error("WebSocket {url}: {reason}")]
+    WebSocket {
+        /// The `ws://` / `wss://` URL.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A transport of the transport order is not available in this build or for this
+    /// target.
+    #[error("transport {0} is not available")]
+    UnsupportedTransport(ConnectionType),
+    /// Every step of the transport order failed; each step's error, in order.
+    #[error("no transport worked: {}", .0.iter().map(|(t, e)| format!("{t}: {e}")).collect::<Vec<_>>().join("; "))]
+    AllTransportsFailed(Vec<(ConnectionType, ClientError)>),
     /// The server refused the connection with a plain `Error` frame before a session
     /// existed (`SERVER_BUSY`, `RATE_LIMITED`, `HANDSHAKE_FAILED`, `UNAUTHORIZED`, ...).
     #[error("server refused the connection: {code:?} ({reason})")]
@@ -97,6 +115,19 @@ pub enum ClientError {
     /// The server sent something this client cannot accept.
     #[error("protocol error: {0}")]
     Protocol(XTMPError),
+    /// The message does not fit one datagram of a `UdpFast` session (the wire code
+    /// `MESSAGE_TOO_LARGE`): send it over TCP, or raise the datagram budget.
+    #[error("message of {len} bytes is too large for a datagram (at most {max} bytes on this UDP session)")]
+    MessageTooLarge {
+        /// Payload length.
+        len: usize,
+        /// Largest payload of a `RELIABLE` message on the session.
+        max: usize,
+    },
+    /// A `RELIABLE` message on a datagram path was retransmitted until its deadline
+    /// without being acknowledged (the server may or may not have received it).
+    #[error("message not acknowledged before its deadline (retransmitted over UDP)")]
+    Unacknowledged,
     /// The payload exceeds the session's maximum.
     #[error("payload of {len} bytes exceeds the maximum of {max}")]
     PayloadTooLarge {
@@ -128,6 +159,7 @@ impl ClientError {
             ClientError::Refused { code, .. }
             | ClientError::Remote { code, .. }
             | ClientError::Disconnected { code, .. } => Some(*code),
+            ClientError::MessageTooLarge { .. } => Some(ErrorCode::MESSAGE_TOO_LARGE),
             _ => None,
         }
     }

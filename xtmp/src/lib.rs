@@ -15,6 +15,17 @@
 //! * [`XTMPClient`] — `request` / `send` / `subscribe` over one multiplexed connection,
 //!   reconnection with backoff and resubscription, explicit errors for anything not
 //!   delivered; [`XTMPConnectionPool`] reuses clients per peer.
+//! * [`ws`] — the WebSocket transport (`WebSocketFallback`, `ws://` and `wss://`): one
+//!   XTMP frame per binary message, enabled on a server with
+//!   [`ServerOptions::websocket`] and reached by a client through its transport order
+//!   ([`order`], [`ClientOptions::transport_order`], [`XTMPClient::transport`]).
+//! * [`udp`] — the datagram transport: `UdpFast` sessions (handshake behind a stateless
+//!   cookie, in fragments; coalesced datagrams sent with GSO and read with recvmmsg/GRO;
+//!   `RELIABLE` messages retransmitted until acknowledged, delivered once; roaming) and
+//!   `TcpUdpHybrid` sessions (a UDP path attached to a TCP session, a per-message-type
+//!   [`HybridPolicy`], switching to TCP and back on probe loss). Enabled on a server with
+//!   [`ServerOptions::udp_bind_address`]; a client picks it with
+//!   [`TransportStep::udp_to`] or [`TransportStep::hybrid`].
 //! * [`XTMPConnectionManager`], [`XTMPSession`], [`XTMPKeyManager`] — the seed's
 //!   components, holding the live sessions; [`ServerStatus`] and [`SessionMetrics`] are
 //!   the serializable snapshots the CLI's admin endpoint serves.
@@ -66,11 +77,15 @@ pub mod client;
 pub mod error;
 pub mod manager;
 pub mod metrics;
+pub mod order;
 pub mod pool;
 pub mod rng;
 pub mod router;
 pub mod server;
 pub mod transport;
+pub mod udp;
+mod udp_server;
+pub mod ws;
 
 pub use client::{
     connect, ClientOptions, ClientStats, PushedMessage, ReconnectPolicy, Response, Subscription,
@@ -81,7 +96,8 @@ pub use manager::{
     ConnectionType, SessionCounters, XTMPConnectionManager, XTMPEncryptionEngine, XTMPKeyManager,
     XTMPSession,
 };
-pub use metrics::{ListenerInfo, ServerStatus, SessionMetrics, XTMPQualityMetrics};
+pub use metrics::{ListenerInfo, ServerStatus, SessionMetrics, UdpStatus, XTMPQualityMetrics};
+pub use order::{TransportInfo, TransportStep, TransportTarget};
 pub use pool::XTMPConnectionPool;
 pub use rng::OsRng;
 pub use router::{
@@ -90,4 +106,6 @@ pub use router::{
 };
 pub use server::{ServerHandle, ServerOptions, XTMPServer};
 pub use transport::{parse_plain_error, plain_error_frame, StreamTransport};
+pub use udp::{DatagramOptions, DatagramPathMetrics, HybridPolicy};
+pub use ws::{WebSocketListenerOptions, WebSocketTarget, WsServerTls, WsTlsTrust, WsUrl};
 pub use xtmp_proto::{EncryptionType, ErrorCode, MessageType, XTMPFlags};

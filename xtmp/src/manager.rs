@@ -22,19 +22,19 @@ use crate::rng::OsRng;
 use crate::router::{lock, XTMPMessageRouter};
 use crate::server::ServerConn;
 
-/// How a session is carried. Only [`ConnectionType::TcpReliable`] is implemented in this
-/// version; the others name the transports the seed plans (the connection code is generic
-/// over the byte stream, see [`crate::transport::StreamTransport`]).
+/// How a session is carried: over a byte stream (TCP, WebSocket; see
+/// [`crate::transport::StreamTransport`]), over UDP datagrams, or over TCP with a UDP path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum ConnectionType {
     /// TCP: critical operations (wallet, bundles).
     TcpReliable,
-    /// UDP datagrams: real-time streams (not implemented yet).
+    /// UDP datagrams: real-time streams ([`crate::udp`], `PROTOCOL.md` §9.3–§9.7).
     UdpFast,
-    /// Dynamic switching by message type (not implemented yet).
+    /// A TCP session with a UDP path; per-message-type policy and dynamic switching
+    /// ([`crate::udp::HybridPolicy`], `PROTOCOL.md` §9.6, §9.8).
     TcpUdpHybrid,
-    /// WebSocket for firewall traversal (not implemented yet; plug a stream into
-    /// [`crate::ServerHandle::serve_stream`]).
+    /// XTMP frames as binary WebSocket messages (RFC 6455, `ws://` or `wss://`) for
+    /// firewall traversal: [`crate::ws`].
     WebSocketFallback,
 }
 
@@ -205,6 +205,7 @@ impl XTMPSession {
             stream_dropped: self.stream_dropped.load(Ordering::Relaxed),
             requests_in_flight,
             client_key: self.client_key.map(hex::encode),
+            datagram: None,
         }
     }
 }
@@ -216,6 +217,7 @@ pub struct XTMPKeyManager {
     handshaker: RwLock<ServerHandshaker>,
     key_rotation_interval: Duration,
     rotations: AtomicU64,
+    cookies_maintained: std::sync::Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for XTMPKeyManager {
@@ -236,6 +238,7 @@ impl XTMPKeyManager {
             handshaker: RwLock::new(ServerHandshaker::new(config)),
             key_rotation_interval,
             rotations: AtomicU64::new(0),
+            cookies_maintained: std::sync::Mutex::new(None),
         }
     }
 
@@ -266,6 +269,32 @@ impl XTMPKeyManager {
     /// Replaces the set of authorized client key fingerprints (takes effect for new handshakes).
     pub fn set_authorized_clients(&self, keys: HashSet<[u8; 32]>) {
         write(&self.handshaker).set_authorized_clients(keys);
+    }
+
+    /// Rotates the cookie secret when due (datagram endpoints call this before checking
+    /// fragment cookies).
+    pub(crate) fn maintain_cookies(&self, now: Instant) {
+        // At most once a second (the secret lives 120 s): the write lock would otherwise
+        // wait for every handshake doing KEM work under the read lock.
+        {
+            let mut last = crate::router::lock(&self.cookies_maintained);
+            if last.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1)) {
+                return;
+            }
+            *last = Some(now);
+        }
+        write(&self.handshaker).maintain(now, &mut OsRng);
+    }
+
+    /// Whether `cookie` is valid for `peer` (the stateless check on every handshake
+    /// fragment, `PROTOCOL.md` §9.3).
+    pub(crate) fn cookie_valid_for(&self, peer: &[u8], cookie: &[u8]) -> bool {
+        read(&self.handshaker).cookie_valid_for(peer, cookie)
+    }
+
+    /// The `Retry` frame for `peer`.
+    pub(crate) fn retry_frame_for(&self, peer: &[u8]) -> Option<Vec<u8>> {
+        read(&self.handshaker).retry_frame_for(peer)
     }
 
     /// Runs the responder on a `Handshake` frame. The KEM work runs under a shared read
@@ -378,6 +407,10 @@ impl XTMPConnectionManager {
         m.insert(conn.session_id, conn);
         self.session_counter.fetch_add(1, Ordering::Relaxed);
         true
+    }
+
+    pub(crate) fn get(&self, id: u64) -> Option<Arc<ServerConn>> {
+        self.read().get(&id).cloned()
     }
 
     pub(crate) fn remove(&self, id: u64) {

@@ -58,6 +58,12 @@ impl QualityTracker {
         }
         self.pings_sent += 1;
         self.ping_outstanding = true;
+        self.sample_throughput(now, total_bytes);
+    }
+
+    /// A throughput sample (heartbeats, and the datagram path's probe interval, so UDP and
+    /// hybrid sessions report it live); `total_bytes` is sent + received so far.
+    pub(crate) fn sample_throughput(&mut self, now: Instant, total_bytes: u64) {
         let dt = now.saturating_duration_since(self.last_tick).as_secs_f64();
         if dt > 0.0 {
             let bytes = total_bytes.saturating_sub(self.last_bytes) as f64;
@@ -108,9 +114,10 @@ impl QualityTracker {
 /// Where the server listens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ListenerInfo {
-    /// Transport kind: `"tcp"` (later `"udp"`, `"ws"`).
+    /// Transport kind: `"tcp"`, `"udp"`, `"websocket"` or `"websocket-tls"`.
     pub kind: String,
-    /// The bound address.
+    /// The bound address; for a WebSocket listener the URL clients use
+    /// (`ws://127.0.0.1:8082/xtmp`, `wss://...`).
     pub address: String,
 }
 
@@ -153,6 +160,31 @@ pub struct ServerStatus {
     pub shutting_down: bool,
     /// Listeners.
     pub listeners: Vec<ListenerInfo>,
+    /// The UDP listener's counters (when there is one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub udp: Option<UdpStatus>,
+}
+
+/// Counters of the UDP listener (`ServerStatus::udp`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UdpStatus {
+    /// Datagrams received (GRO trains counted per datagram).
+    pub datagrams_received: u64,
+    /// Datagrams sent.
+    pub datagrams_sent: u64,
+    /// Send system calls (one carries many datagrams with segmentation offload).
+    pub send_calls: u64,
+    /// Datagrams dropped before reaching a session: unparsable, not a handshake fragment,
+    /// or a fragment rejected by reassembly.
+    pub datagrams_dropped: u64,
+    /// Datagrams naming no live session (dropped, never answered).
+    pub unknown_session: u64,
+    /// Handshake fragments received.
+    pub handshake_fragments: u64,
+    /// Handshake reassemblies in progress.
+    pub reassemblies_pending: u64,
+    /// Handshake reassemblies dropped (timed out, evicted, broken).
+    pub reassemblies_dropped: u64,
 }
 
 /// One session's metrics (`/sessions/{id}` and `xtmp server metrics --session-id`).
@@ -200,6 +232,9 @@ pub struct SessionMetrics {
     pub requests_in_flight: u64,
     /// SHA-256 fingerprint of the client's static key (hex), for `pqIK` sessions.
     pub client_key: Option<String>,
+    /// The datagram path (`UdpFast` sessions, and the UDP path of `TcpUdpHybrid` ones).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub datagram: Option<crate::udp::DatagramPathMetrics>,
 }
 
 /// Server-wide counters, updated lock-free on the hot path.

@@ -29,8 +29,8 @@ use xtmp_crypto::xwing::XWingSecretKey;
 use xtmp_proto::control::{encode_ack, response_type_for, ErrorPayload};
 use xtmp_proto::header::DEFAULT_MAX_STREAM_PAYLOAD;
 use xtmp_proto::{
-    EncryptionType, ErrorCode, Header, MessageType, Received, ServerConfig, ServerOutcome, Session,
-    SessionConfig, XTMPError, XTMPFlags,
+    EncryptionType, ErrorCode, Header, MessageType, PathId, Received, ServerConfig, ServerOutcome,
+    Session, SessionConfig, XTMPError, XTMPFlags, HEADER_LEN,
 };
 
 use crate::error::XTMPRuntimeError;
@@ -46,6 +46,8 @@ use crate::router::{
 use crate::transport::{
     plain_error_frame, shutdown_timeout, write_all_timeout, FrameReader, ReadError, StreamTransport,
 };
+use crate::udp::{DatagramOptions, DgramState, UdpCounters, UdpFrameSink, UdpIo};
+use crate::udp_server::{max_udp_reply_body, pre_dispatch, Pre, ServerRel};
 
 /// Bytes sealed per writer batch before the queues are looked at again (keeps `PRIORITY`
 /// latency low while the socket is busy).
@@ -114,6 +116,21 @@ pub struct ServerOptions {
     pub max_inflight_per_connection: usize,
     /// Push streams open at once per connection (default 64).
     pub max_streams_per_connection: usize,
+    /// A WebSocket listener (`ConnectionType::WebSocketFallback`, see [`crate::ws`]) besides
+    /// the TCP one (default none). Its connections share `max_connections`, the per-IP
+    /// handshake rate limit and every other limit with TCP.
+    pub websocket: Option<crate::ws::WebSocketListenerOptions>,
+    /// A UDP listener (default none) for `UdpFast` sessions and for the UDP path of
+    /// `TcpUdpHybrid` sessions (`PROTOCOL.md` §9). Its sessions share `max_connections`
+    /// and the per-IP handshake rate limit with TCP.
+    pub udp_bind_address: Option<SocketAddr>,
+    /// Sessions may start over UDP (`UdpFast`) when there is a UDP listener (default true).
+    pub allow_udp_sessions: bool,
+    /// TCP sessions may add a UDP path (`TcpUdpHybrid`) when there is a UDP listener
+    /// (default true).
+    pub allow_hybrid: bool,
+    /// Datagram settings: budget (1200 bytes), retransmission, hybrid policy and switching.
+    pub datagram: DatagramOptions,
 }
 
 impl std::fmt::Debug for ServerOptions {
@@ -140,6 +157,11 @@ impl std::fmt::Debug for ServerOptions {
             .field("max_queue_per_connection", &self.max_queue_per_connection)
             .field("drain_timeout", &self.drain_timeout)
             .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("websocket", &self.websocket)
+            .field("udp_bind_address", &self.udp_bind_address)
+            .field("allow_udp_sessions", &self.allow_udp_sessions)
+            .field("allow_hybrid", &self.allow_hybrid)
+            .field("datagram", &self.datagram)
             .finish_non_exhaustive()
     }
 }
@@ -175,6 +197,11 @@ impl ServerOptions {
             retry_threshold: 256,
             max_inflight_per_connection: 64,
             max_streams_per_connection: 64,
+            websocket: None,
+            udp_bind_address: None,
+            allow_udp_sessions: true,
+            allow_hybrid: true,
+            datagram: DatagramOptions::default(),
         }
     }
 
@@ -215,6 +242,12 @@ impl ServerOptions {
                 "max_queue_per_connection and max_inflight_per_connection must be at least 1",
             );
         }
+        if let Some(ws) = &self.websocket {
+            ws.validate()?;
+        }
+        self.datagram
+            .validate()
+            .map_err(|m| XTMPRuntimeError::Config(format!("datagram: {m}")))?;
         Ok(())
     }
 
@@ -240,7 +273,7 @@ impl ServerOptions {
 // ------------------------------------------------------------------------------------
 
 #[derive(Debug)]
-struct HandshakeLimiter {
+pub(crate) struct HandshakeLimiter {
     rate: f64,
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
 }
@@ -254,7 +287,7 @@ impl HandshakeLimiter {
     }
 
     /// Takes a token for `ip`; `false` when the address is over its rate.
-    fn allow(&self, ip: IpAddr, now: Instant) -> bool {
+    pub(crate) fn allow(&self, ip: IpAddr, now: Instant) -> bool {
         if self.rate <= 0.0 {
             return true;
         }
@@ -296,9 +329,16 @@ pub(crate) struct ServerShared {
     local_addr: SocketAddr,
     pub(crate) shutdown: CancellationToken,
     stopped: CancellationToken,
-    tracker: TaskTracker,
-    limiter: HandshakeLimiter,
-    by_type: [AtomicU64; 4],
+    pub(crate) tracker: TaskTracker,
+    pub(crate) limiter: HandshakeLimiter,
+    /// The UDP listener's socket.
+    pub(crate) udp: Option<Arc<UdpIo>>,
+    pub(crate) udp_counters: UdpCounters,
+    /// Every listener (TCP first), for the status document.
+    pub(crate) listeners: Vec<ListenerInfo>,
+    /// The WebSocket listener's bound address.
+    pub(crate) websocket_addr: Option<SocketAddr>,
+    pub(crate) by_type: [AtomicU64; 4],
     refusals: Arc<Semaphore>,
 }
 
@@ -347,10 +387,8 @@ impl ServerShared {
             key_rotations: g(&c.key_rotations),
             stream_messages_dropped: g(&c.stream_dropped),
             shutting_down: self.shutdown.is_cancelled(),
-            listeners: vec![ListenerInfo {
-                kind: "tcp".into(),
-                address: self.local_addr.to_string(),
-            }],
+            listeners: self.listeners.clone(),
+            udp: self.udp.as_ref().map(|u| self.udp_counters.status(u)),
         }
     }
 
@@ -372,6 +410,33 @@ impl ServerShared {
             let _guard = guard;
             handle_connection(shared, stream, peer, ctype).await;
         });
+    }
+
+    /// Counts and runs an established `UdpFast` session: its writer sends through `sink`;
+    /// its frames arrive through the UDP endpoint.
+    pub(crate) fn spawn_udp_session(self: &Arc<Self>, conn: Arc<ServerConn>, sink: UdpFrameSink) {
+        ServerCounters::add(&self.counters.connections_active, 1);
+        self.by_type[type_index(ConnectionType::UdpFast)].fetch_add(1, Ordering::Relaxed);
+        let guard = ConnGuard {
+            shared: self.clone(),
+            ctype: ConnectionType::UdpFast,
+        };
+        let shared = self.clone();
+        self.tracker.spawn(async move {
+            let _guard = guard;
+            let id = conn.session_id;
+            conn_writer(conn.clone(), sink).await;
+            conn.close.cancel();
+            shared.manager.remove(id);
+            conn.abort_inflight();
+            debug!(session = %format_args!("{id:016x}"), "UDP session closed");
+        });
+    }
+
+    /// A TCP session added a UDP path: it counts as `TcpUdpHybrid` from now on.
+    pub(crate) fn hybrid_attached(&self) {
+        self.by_type[type_index(ConnectionType::TcpReliable)].fetch_sub(1, Ordering::Relaxed);
+        self.by_type[type_index(ConnectionType::TcpUdpHybrid)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Answers a connection over `max_connections` with `SERVER_BUSY` and closes it.
@@ -446,6 +511,31 @@ impl XTMPServer {
                 source,
             })?;
         let local_addr = listener.local_addr()?;
+        let mut listeners = vec![ListenerInfo {
+            kind: "tcp".into(),
+            address: local_addr.to_string(),
+        }];
+        let ws = match &opts.websocket {
+            Some(w) => Some(crate::ws::BoundListener::bind(w).await?),
+            None => None,
+        };
+        if let Some(w) = &ws {
+            listeners.push(w.info());
+        }
+        let udp = match opts.udp_bind_address {
+            Some(a) => Some(
+                UdpIo::bind(a)
+                    .await
+                    .map_err(|source| XTMPRuntimeError::Bind { address: a, source })?,
+            ),
+            None => None,
+        };
+        if let Some(u) = &udp {
+            listeners.push(ListenerInfo {
+                kind: "udp".into(),
+                address: u.local_addr().to_string(),
+            });
+        }
         let key_manager = Arc::new(XTMPKeyManager::new(
             opts.server_config(),
             opts.key_rotation_interval,
@@ -473,11 +563,28 @@ impl XTMPServer {
             tracker: TaskTracker::new(),
             by_type: Default::default(),
             refusals: Arc::new(Semaphore::new(MAX_CONCURRENT_REFUSALS)),
+            websocket_addr: ws.as_ref().map(|w| w.local_addr()),
+            listeners,
+            udp: udp.clone(),
+            udp_counters: UdpCounters::default(),
         });
         info!(address = %local_addr, fingerprint = %hex::encode(shared.manager.key_manager.fingerprint()), "XTMP server listening");
         let s = shared.clone();
         shared.tracker.spawn(accept_loop(s, listener));
-        Ok(ServerHandle { shared })
+        if let Some(u) = udp {
+            info!(address = %u.local_addr(), "XTMP UDP listener");
+            shared
+                .tracker
+                .spawn(crate::udp_server::endpoint_loop(shared.clone(), u));
+        }
+        let handle = ServerHandle { shared };
+        if let Some(w) = ws {
+            handle
+                .shared
+                .tracker
+                .spawn(crate::ws::accept_loop(handle.clone(), w));
+        }
+        Ok(handle)
     }
 }
 
@@ -510,7 +617,7 @@ async fn accept_loop(shared: Arc<ServerShared>, listener: TcpListener) {
 /// A handle on a running server (cheap to clone).
 #[derive(Clone)]
 pub struct ServerHandle {
-    shared: Arc<ServerShared>,
+    pub(crate) shared: Arc<ServerShared>,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -525,6 +632,11 @@ impl ServerHandle {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
+    }
+
+    /// The UDP listener's bound address, if there is one.
+    pub fn udp_local_addr(&self) -> Option<SocketAddr> {
+        self.shared.udp.as_ref().map(|u| u.local_addr())
     }
 
     /// Server-wide status.
@@ -602,7 +714,7 @@ impl ServerHandle {
 
 /// How a connection ends.
 #[derive(Debug, Clone)]
-enum Closing {
+pub(crate) enum Closing {
     /// Error and `Disconnect` are already sealed in `wbuf`; queued messages are discarded.
     Fatal,
     /// Flush the queues, then `Disconnect(code, reason)`.
@@ -618,34 +730,150 @@ struct Outbound {
     /// The request this answers: its push streams start once this is sealed.
     reply_to: Option<u64>,
     _slot: Option<OwnedSemaphorePermit>,
+    /// The request came over the datagram path: the reply goes back there (if usable).
+    udp: bool,
 }
 
 struct Inflight {
     flags: XTMPFlags,
     abort: Option<AbortHandle>,
+    udp: bool,
 }
 
 pub(crate) struct ConnState {
     pub(crate) session: XTMPSession,
-    wbuf: Vec<u8>,
+    pub(crate) wbuf: Vec<u8>,
     priority: VecDeque<Outbound>,
     normal: VecDeque<Outbound>,
     rr: usize,
     inflight: HashMap<u64, Inflight>,
-    closing: Option<Closing>,
-    last_received: Instant,
+    pub(crate) closing: Option<Closing>,
+    pub(crate) last_received: Instant,
+    /// The datagram path (`UdpFast`: the only path; hybrid: the UDP path).
+    pub(crate) dgram: Option<DgramState<ServerRel>>,
+}
+
+/// Result of sealing an outgoing message on the path it belongs on.
+enum Sealed {
+    Done,
+    /// No `RELIABLE` message id available yet (too many unacknowledged): try later.
+    Blocked,
+    /// Too large for a datagram on a `UdpFast` session: dropped.
+    TooLarge,
 }
 
 impl ConnState {
     /// Moves frames the core queued (heartbeat answers, key updates) into the write
     /// buffer. Must run before anything else is sealed, to keep sequence order.
-    fn drain_core(&mut self) {
+    pub(crate) fn drain_core(&mut self) {
         while let Some(f) = self.session.core_mut().poll_transmit() {
-            self.wbuf.extend_from_slice(&f);
+            match (&mut self.dgram, PathId::of_frame(&f)) {
+                (Some(dg), Some(PathId::Datagram)) => dg.dbuf.extend_from_slice(&f),
+                _ => self.wbuf.extend_from_slice(&f),
+            }
         }
     }
 
-    fn seal(
+    /// Seals an outgoing message on its path: TCP sessions (and hybrid traffic for TCP)
+    /// as before; on a datagram path replies are `RELIABLE` and pushes are not.
+    fn seal_routed(
+        &mut self,
+        counters: &ServerCounters,
+        t: MessageType,
+        flags: XTMPFlags,
+        payload: &[u8],
+        udp_hint: bool,
+        streaming: bool,
+    ) -> Result<Sealed, XTMPError> {
+        let Some(dg) = self.dgram.as_ref() else {
+            self.seal(counters, t, flags, payload)?;
+            return Ok(Sealed::Done);
+        };
+        let fits = HEADER_LEN + 8 + payload.len() <= dg.opts.budget;
+        let path = if dg.is_primary() {
+            PathId::Primary
+        } else if streaming {
+            dg.route(t, fits)
+        } else if udp_hint && fits && dg.usable() {
+            PathId::Datagram
+        } else {
+            PathId::Primary
+        };
+        if !dg.is_datagram(path) {
+            self.seal(counters, t, flags, payload)?;
+            return Ok(Sealed::Done);
+        }
+        self.drain_core();
+        let now = std::time::Instant::now();
+        let ConnState {
+            session,
+            dgram,
+            wbuf,
+            ..
+        } = self;
+        let Some(dg) = dgram.as_mut() else {
+            return Ok(Sealed::Done);
+        };
+        let primary = dg.is_primary();
+        let res = if streaming {
+            dg.seal(session.core_mut(), wbuf, path, t, flags, payload)
+        } else {
+            let Some(id) = dg.sender.reserve_id() else {
+                if primary {
+                    return Ok(Sealed::Blocked);
+                }
+                self.seal(counters, t, flags, payload)?;
+                return Ok(Sealed::Done);
+            };
+            let r = dg.seal_reliable(session.core_mut(), wbuf, id, t, flags, payload);
+            if r.is_ok() {
+                let deadline = now + dg.opts.retransmit_deadline;
+                dg.sender.on_sent(
+                    now,
+                    id,
+                    ServerRel {
+                        t,
+                        flags,
+                        body: payload.to_vec(),
+                    },
+                    deadline,
+                );
+            }
+            r
+        };
+        match res {
+            Ok(_) => {
+                self.session.counters.messages_sent += 1;
+                ServerCounters::add(&counters.messages_sent, 1);
+                if t == MessageType::Error {
+                    self.session.counters.errors_sent += 1;
+                    let code = payload
+                        .get(..2)
+                        .map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
+                    counters.error_sent(ErrorCode(code));
+                } else {
+                    self.session.last_activity = now;
+                }
+                Ok(Sealed::Done)
+            }
+            Err(XTMPError::PayloadTooLarge { .. }) if !primary => {
+                self.seal(counters, t, flags, payload)?;
+                Ok(Sealed::Done)
+            }
+            Err(XTMPError::PayloadTooLarge { .. }) => {
+                if streaming {
+                    self.session
+                        .stream_dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    ServerCounters::add(&counters.stream_dropped, 1);
+                }
+                Ok(Sealed::TooLarge)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn seal(
         &mut self,
         counters: &ServerCounters,
         t: MessageType,
@@ -673,7 +901,7 @@ impl ConnState {
 
     /// Seals `Error(code)` and `Disconnect(code)` and marks the connection for closing
     /// without flushing the queues (the stream cannot be trusted any more).
-    fn fatal(
+    pub(crate) fn fatal(
         &mut self,
         counters: &ServerCounters,
         code: ErrorCode,
@@ -702,25 +930,44 @@ impl ConnState {
 pub(crate) struct ServerConn {
     pub(crate) session_id: u64,
     pub(crate) peer: SocketAddr,
-    ctype: ConnectionType,
+    pub(crate) ctype: ConnectionType,
     client_key: Option<[u8; 32]>,
     pub(crate) state: Mutex<ConnState>,
-    wake: Arc<Notify>,
+    pub(crate) wake: Arc<Notify>,
     /// Signalled by the writer each time it takes the write buffer.
     drained: Notify,
     queue_slots: Arc<Semaphore>,
     inflight_slots: Arc<Semaphore>,
     inflight_done: Notify,
-    close: CancellationToken,
+    pub(crate) close: CancellationToken,
     streams: StreamRegistry,
-    shared: Arc<ServerShared>,
+    pub(crate) shared: Arc<ServerShared>,
     status_fn: Arc<dyn Fn() -> ServerStatus + Send + Sync>,
 }
 
 impl ServerConn {
     pub(crate) fn metrics(&self) -> SessionMetrics {
         let st = lock(&self.state);
-        st.session.metrics(st.inflight.len() as u64)
+        let mut m = st.session.metrics(st.inflight.len() as u64);
+        if let Some(dg) = &st.dgram {
+            let d = dg.metrics(st.session.core());
+            m.quality.packet_loss = m.quality.packet_loss.max(d.loss);
+            if d.srtt_ms > 0.0 {
+                m.quality.latency_ms = d.srtt_ms;
+            }
+            m.datagram = Some(d);
+        }
+        m
+    }
+
+    /// Aborts the handlers still running (the session is gone).
+    pub(crate) fn abort_inflight(&self) {
+        let mut st = lock(&self.state);
+        for (_, e) in st.inflight.drain() {
+            if let Some(a) = e.abort {
+                a.abort();
+            }
+        }
     }
 
     /// Asks the writer to close gracefully with `Disconnect(code, reason)`.
@@ -750,13 +997,14 @@ impl ServerConn {
         }
     }
 
-    fn enqueue_error(
+    pub(crate) fn enqueue_error(
         &self,
         seq: u64,
         code: ErrorCode,
         reason: &str,
         slot: Option<OwnedSemaphorePermit>,
         priority: bool,
+        udp: bool,
     ) {
         let payload = ErrorPayload {
             code,
@@ -776,6 +1024,7 @@ impl ServerConn {
                 payload,
                 reply_to: None,
                 _slot: slot,
+                udp,
             },
             priority,
         );
@@ -797,11 +1046,23 @@ impl ServerConn {
             return;
         };
         let priority = entry.flags.contains(XTMPFlags::PRIORITY);
-        let max = self.shared.opts.max_payload as usize;
+        let udp = entry.udp;
+        let max = match &st.dgram {
+            // A pure UDP session: the reply must fit one datagram.
+            Some(dg) if dg.is_primary() => max_udp_reply_body(dg.opts.budget) + 8,
+            _ => self.shared.opts.max_payload as usize,
+        };
         let outcome = match outcome {
-            Ok(Reply::Response(body)) if body.len().saturating_add(8) > max => Err(
-                crate::router::HandlerError::failed("response exceeds the maximum payload"),
-            ),
+            Ok(Reply::Response(body)) if body.len().saturating_add(8) > max => {
+                Err(crate::router::HandlerError::new(
+                    if st.dgram.as_ref().is_some_and(|d| d.is_primary()) {
+                        ErrorCode::MESSAGE_TOO_LARGE
+                    } else {
+                        ErrorCode::HANDLER_ERROR
+                    },
+                    "response exceeds the maximum payload",
+                ))
+            }
             other => other,
         };
         let prio_flag = if priority {
@@ -820,6 +1081,7 @@ impl ServerConn {
                             payload: encode_ack(seq).to_vec(),
                             reply_to: None,
                             _slot: None,
+                            udp,
                         },
                         priority,
                     );
@@ -841,6 +1103,7 @@ impl ServerConn {
                             payload,
                             reply_to: Some(seq),
                             _slot: Some(slot),
+                            udp,
                         },
                         priority,
                     );
@@ -862,6 +1125,7 @@ impl ServerConn {
                         payload,
                         reply_to: Some(seq),
                         _slot: Some(slot),
+                        udp,
                     },
                     priority,
                 );
@@ -878,12 +1142,26 @@ impl ServerConn {
         let counters = &self.shared.counters;
         let engine = &self.shared.manager.encryption_engine;
         let streams: Vec<Arc<StreamQueue>> = self.streams.snapshot();
-        let seal_out = |st: &mut ConnState, o: Outbound| -> Result<(), XTMPError> {
-            st.seal(counters, o.message_type, o.flags, &o.payload)?;
+        // `false`: the message went back to the front of its queue (no RELIABLE id yet).
+        let seal_out = |st: &mut ConnState, o: Outbound, prio: bool| -> Result<bool, XTMPError> {
+            match st.seal_routed(counters, o.message_type, o.flags, &o.payload, o.udp, false)? {
+                Sealed::Blocked => {
+                    if prio {
+                        st.priority.push_front(o);
+                    } else {
+                        st.normal.push_front(o);
+                    }
+                    return Ok(false);
+                }
+                Sealed::TooLarge => {
+                    debug!(message_type = ?o.message_type, "reply too large for a datagram; dropped");
+                }
+                Sealed::Done => {}
+            }
             if let Some(seq) = o.reply_to {
                 self.streams.release(seq);
             }
-            Ok(())
+            Ok(true)
         };
         let seal_stream =
             |st: &mut ConnState, s: &StreamQueue, body: Vec<u8>| -> Result<(), XTMPError> {
@@ -894,11 +1172,16 @@ impl ServerConn {
                 if s.priority {
                     flags |= XTMPFlags::PRIORITY;
                 }
-                st.seal(counters, s.message_type, flags, &p).map(|_| ())
+                st.seal_routed(counters, s.message_type, flags, &p, false, true)
+                    .map(|_| ())
             };
-        while st.wbuf.len() < limit {
+        let buffered =
+            |st: &ConnState| st.wbuf.len() + st.dgram.as_ref().map_or(0, |d| d.dbuf.len());
+        while buffered(st) < limit {
             if let Some(o) = st.priority.pop_front() {
-                seal_out(st, o)?;
+                if !seal_out(st, o, true)? {
+                    break;
+                }
                 continue;
             }
             if let Some((s, body)) = streams
@@ -915,7 +1198,9 @@ impl ServerConn {
                 let idx = (st.rr + i) % n;
                 if idx == 0 {
                     if let Some(o) = st.normal.pop_front() {
-                        seal_out(st, o)?;
+                        if !seal_out(st, o, false)? {
+                            break;
+                        }
                         sent = true;
                     }
                 } else if let Some(s) = streams.get(idx - 1) {
@@ -1088,11 +1373,48 @@ async fn handle_connection<S: StreamTransport>(
     };
     ServerCounters::add(&shared.counters.handshakes_completed, 1);
     let session_id = session.session_id();
+    let conn = build_conn(&shared, *session, peer, ctype, client_key, None);
+    if !shared.manager.insert(conn.clone()) {
+        warn!("session id collision; closing the new session");
+        lock(&conn.state).fatal(&shared.counters, ErrorCode::INTERNAL, "internal error", 0);
+    }
+    if write_all_timeout(&mut w, &ack, shared.opts.write_timeout)
+        .await
+        .is_err()
+    {
+        shared.manager.remove(session_id);
+        return;
+    }
+    ServerCounters::add(&shared.counters.bytes_sent, ack.len() as u64);
+    debug!(%peer, session = %format_args!("{session_id:016x}"), "session established");
+    tokio::join!(conn_reader(conn.clone(), fr), conn_writer(conn.clone(), w));
+    conn.close.cancel();
+    shared.manager.remove(session_id);
+    conn.abort_inflight();
+    if lock(&conn.state).dgram.is_some() {
+        // Counted as TcpUdpHybrid since its UDP path was granted; the guard uncounts the
+        // connection type it was spawned with.
+        shared.by_type[type_index(ConnectionType::TcpUdpHybrid)].fetch_sub(1, Ordering::Relaxed);
+        shared.by_type[type_index(ctype)].fetch_add(1, Ordering::Relaxed);
+    }
+    debug!(session = %format_args!("{session_id:016x}"), "session closed");
+}
+
+/// Builds the connection object of an established session (any transport).
+pub(crate) fn build_conn(
+    shared: &Arc<ServerShared>,
+    session: Session,
+    peer: SocketAddr,
+    ctype: ConnectionType,
+    client_key: Option<[u8; 32]>,
+    dgram: Option<DgramState<ServerRel>>,
+) -> Arc<ServerConn> {
+    let session_id = session.session_id();
     let now = Instant::now();
-    let xs = XTMPSession::new(*session, peer, ctype, client_key, now.into_std());
+    let xs = XTMPSession::new(session, peer, ctype, client_key, now.into_std());
     let wake = Arc::new(Notify::new());
     let close = CancellationToken::new();
-    let weak = Arc::downgrade(&shared);
+    let weak = Arc::downgrade(shared);
     let status_fn: Arc<dyn Fn() -> ServerStatus + Send + Sync> =
         Arc::new(move || match weak.upgrade() {
             Some(s) => s.status(),
@@ -1115,18 +1437,26 @@ async fn handle_connection<S: StreamTransport>(
                 stream_messages_dropped: 0,
                 shutting_down: true,
                 listeners: vec![],
+                udp: None,
             },
         });
+    // A push on a pure UDP session must fit one datagram (stream id included) once
+    // compressed: bodies up to 8 datagrams are taken (JSON compresses well), and a frame
+    // that still does not fit is dropped and counted when it is sealed.
+    let max_body = match &dgram {
+        Some(d) if d.is_primary() => (d.opts.max_payload() * 8).saturating_sub(8),
+        _ => (shared.opts.max_payload as usize).saturating_sub(8),
+    };
     let streams = StreamRegistry {
         streams: Arc::new(Mutex::new(Vec::new())),
         wake: wake.clone(),
         closed: close.clone(),
         max_streams: shared.opts.max_streams_per_connection,
-        max_body: (shared.opts.max_payload as usize).saturating_sub(8),
+        max_body,
         counters: shared.counters.clone(),
         session_dropped: xs.stream_dropped.clone(),
     };
-    let conn = Arc::new(ServerConn {
+    Arc::new(ServerConn {
         session_id,
         peer,
         ctype,
@@ -1140,6 +1470,7 @@ async fn handle_connection<S: StreamTransport>(
             inflight: HashMap::new(),
             closing: None,
             last_received: now,
+            dgram,
         }),
         wake,
         drained: Notify::new(),
@@ -1150,31 +1481,7 @@ async fn handle_connection<S: StreamTransport>(
         streams,
         shared: shared.clone(),
         status_fn,
-    });
-    if !shared.manager.insert(conn.clone()) {
-        warn!("session id collision; closing the new session");
-        lock(&conn.state).fatal(&shared.counters, ErrorCode::INTERNAL, "internal error", 0);
-    }
-    if write_all_timeout(&mut w, &ack, shared.opts.write_timeout)
-        .await
-        .is_err()
-    {
-        shared.manager.remove(session_id);
-        return;
-    }
-    ServerCounters::add(&shared.counters.bytes_sent, ack.len() as u64);
-    debug!(%peer, session = %format_args!("{session_id:016x}"), "session established");
-    tokio::join!(conn_reader(conn.clone(), fr), conn_writer(conn.clone(), w));
-    conn.close.cancel();
-    shared.manager.remove(session_id);
-    let mut st = lock(&conn.state);
-    for (_, e) in st.inflight.drain() {
-        if let Some(a) = e.abort {
-            a.abort();
-        }
-    }
-    drop(st);
-    debug!(session = %format_args!("{session_id:016x}"), "session closed");
+    })
 }
 
 async fn conn_reader<R: AsyncRead + Unpin>(conn: Arc<ServerConn>, mut fr: FrameReader<R>) {
@@ -1250,6 +1557,7 @@ async fn wait_for_writer(conn: &ServerConn) -> bool {
 
 enum Incoming {
     Message(Header, Vec<u8>),
+    Refuse(u64, ErrorCode, &'static str),
     Nothing,
     Stop,
 }
@@ -1269,8 +1577,18 @@ async fn process_frame(conn: &Arc<ServerConn>, mut frame: BytesMut) -> bool {
                 st.last_received = now;
                 match r {
                     Received::Message { header, payload } => {
-                        let payload = payload.into_owned();
-                        Incoming::Message(header, payload)
+                        match pre_dispatch(conn, &mut st, now, None, header, payload) {
+                            Pre::Deliver(h, p, id) => {
+                                // On TCP the message is always dispatched (dispatch waits
+                                // for room), so a RELIABLE one is accepted now.
+                                if let (Some(id), Some(dg)) = (id, st.dgram.as_mut()) {
+                                    dg.receiver.accept(id);
+                                }
+                                Incoming::Message(h, p.into_owned())
+                            }
+                            Pre::Handled => Incoming::Nothing,
+                            Pre::Refuse(seq, code, reason) => Incoming::Refuse(seq, code, reason),
+                        }
                     }
                     Received::Pong { .. } => {
                         st.session.quality.on_pong();
@@ -1301,7 +1619,10 @@ async fn process_frame(conn: &Arc<ServerConn>, mut frame: BytesMut) -> bool {
             }
         };
         st.drain_core();
-        if !st.wbuf.is_empty() || st.closing.is_some() {
+        if !st.wbuf.is_empty()
+            || st.closing.is_some()
+            || st.dgram.as_ref().is_some_and(|d| d.wants_write())
+        {
             conn.wake.notify_one();
         }
         incoming
@@ -1309,6 +1630,10 @@ async fn process_frame(conn: &Arc<ServerConn>, mut frame: BytesMut) -> bool {
     match incoming {
         Incoming::Nothing => true,
         Incoming::Stop => false,
+        Incoming::Refuse(seq, code, reason) => {
+            conn.enqueue_error(seq, code, reason, None, false, false);
+            true
+        }
         Incoming::Message(header, payload) => {
             dispatch(conn, header, payload).await;
             true
@@ -1316,9 +1641,18 @@ async fn process_frame(conn: &Arc<ServerConn>, mut frame: BytesMut) -> bool {
     }
 }
 
-async fn dispatch(conn: &Arc<ServerConn>, header: Header, payload: Vec<u8>) {
+/// What a received application message gets before any handler runs.
+enum Admission {
+    /// `Error` and `Ack` from the client: counted, nothing to run.
+    Consumed,
+    /// Answered with an `Error` (unknown type, not permitted, shutting down, ...).
+    Refuse(ErrorCode, String),
+    /// Run this route's handler.
+    Run(crate::router::Route),
+}
+
+fn admit(conn: &Arc<ServerConn>, header: &Header, payload: &[u8]) -> Admission {
     let t = header.message_type;
-    let seq = header.sequence_number;
     let shared = &conn.shared;
     ServerCounters::add(&shared.counters.messages_received, 1);
     {
@@ -1328,61 +1662,63 @@ async fn dispatch(conn: &Arc<ServerConn>, header: Header, payload: Vec<u8>) {
         match t {
             MessageType::Error => {
                 st.session.counters.errors_received += 1;
-                if let Ok(e) = ErrorPayload::decode(&payload) {
+                if let Ok(e) = ErrorPayload::decode(payload) {
                     debug!(code = ?e.code, request_seq = e.request_seq, reason = %e.reason, "peer reported an error");
                 }
-                return;
+                return Admission::Consumed;
             }
             // The server sends nothing that asks for an acknowledgement.
-            MessageType::Ack => return,
+            MessageType::Ack => return Admission::Consumed,
             _ => {}
         }
     }
-    let priority = header.flags.contains(XTMPFlags::PRIORITY);
     let route = shared.manager.message_router.route(t).cloned();
-    let refusal: Option<(ErrorCode, String)> = if is_reserved(t) {
-        Some((
+    if is_reserved(t) || xtmp_proto::datagram::is_datagram_control(t) {
+        Admission::Refuse(
             ErrorCode::NOT_PERMITTED,
             format!("{t:?} may not be sent to the server"),
-        ))
+        )
     } else if shared.shutdown.is_cancelled() {
-        Some((ErrorCode::SHUTTING_DOWN, "server is shutting down".into()))
+        Admission::Refuse(ErrorCode::SHUTTING_DOWN, "server is shutting down".into())
     } else {
-        match &route {
-            None => Some((
+        match route {
+            None => Admission::Refuse(
                 ErrorCode::UNKNOWN_MESSAGE_TYPE,
                 format!("no handler for {t:?}"),
-            )),
-            Some(r) if r.options.require_client_key && conn.client_key.is_none() => Some((
-                ErrorCode::UNAUTHORIZED,
-                format!("{t:?} requires an authenticated client key"),
-            )),
-            Some(_) => None,
+            ),
+            Some(r) if r.options.require_client_key && conn.client_key.is_none() => {
+                Admission::Refuse(
+                    ErrorCode::UNAUTHORIZED,
+                    format!("{t:?} requires an authenticated client key"),
+                )
+            }
+            Some(r) => Admission::Run(r),
         }
+    }
+}
+
+/// Runs the handler of an admitted message (its queue slot and in-flight permit held).
+fn start_handler(
+    conn: &Arc<ServerConn>,
+    header: Header,
+    payload: Vec<u8>,
+    route: crate::router::Route,
+    slot: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
+    udp: bool,
+) {
+    let t = header.message_type;
+    let seq = header.sequence_number;
+    let shared = &conn.shared;
+    // Hybrid once a UDP path was granted; the peer's current address (it roams on UDP).
+    let (connection_type, peer_address) = {
+        let st = lock(&conn.state);
+        (st.session.connection_type, st.session.peer_address)
     };
-    // Reserve the reply's queue slot first: a full queue pauses reading (backpressure).
-    let slot = tokio::select! {
-        p = conn.queue_slots.clone().acquire_owned() => p.ok(),
-        _ = conn.close.cancelled() => None,
-    };
-    let Some(slot) = slot else { return };
-    let route = match (refusal, route) {
-        (Some((code, reason)), _) => {
-            conn.enqueue_error(seq, code, &reason, Some(slot), priority);
-            return;
-        }
-        (None, Some(r)) => r,
-        (None, None) => return,
-    };
-    let permit = tokio::select! {
-        p = conn.inflight_slots.clone().acquire_owned() => p.ok(),
-        _ = conn.close.cancelled() => None,
-    };
-    let Some(permit) = permit else { return };
     let ctx = RequestContext {
         session_id: conn.session_id,
-        peer_address: conn.peer,
-        connection_type: conn.ctype,
+        peer_address,
+        connection_type,
         client_key: conn.client_key,
         request_seq: seq,
         message_type: t,
@@ -1393,7 +1729,7 @@ async fn dispatch(conn: &Arc<ServerConn>, header: Header, payload: Vec<u8>) {
     };
     let req = Request {
         message_type: t,
-        flags: header.flags,
+        flags: header.flags - XTMPFlags::RELIABLE,
         sequence_number: seq,
         payload,
     };
@@ -1402,6 +1738,7 @@ async fn dispatch(conn: &Arc<ServerConn>, header: Header, payload: Vec<u8>) {
         Inflight {
             flags: header.flags,
             abort: None,
+            udp,
         },
     );
     let fut = route.call(ctx, req);
@@ -1425,6 +1762,61 @@ async fn dispatch(conn: &Arc<ServerConn>, header: Header, payload: Vec<u8>) {
     }
 }
 
+async fn dispatch(conn: &Arc<ServerConn>, header: Header, payload: Vec<u8>) {
+    let priority = header.flags.contains(XTMPFlags::PRIORITY);
+    let seq = header.sequence_number;
+    let admission = admit(conn, &header, &payload);
+    if matches!(admission, Admission::Consumed) {
+        return;
+    }
+    // Reserve the reply's queue slot first: a full queue pauses reading (backpressure).
+    let slot = tokio::select! {
+        p = conn.queue_slots.clone().acquire_owned() => p.ok(),
+        _ = conn.close.cancelled() => None,
+    };
+    let Some(slot) = slot else { return };
+    let route = match admission {
+        Admission::Refuse(code, reason) => {
+            conn.enqueue_error(seq, code, &reason, Some(slot), priority, false);
+            return;
+        }
+        Admission::Run(r) => r,
+        Admission::Consumed => return,
+    };
+    let permit = tokio::select! {
+        p = conn.inflight_slots.clone().acquire_owned() => p.ok(),
+        _ = conn.close.cancelled() => None,
+    };
+    let Some(permit) = permit else { return };
+    start_handler(conn, header, payload, route, slot, permit, false);
+}
+
+/// Dispatch without waiting (datagram paths): `false` when the queues are full and the
+/// message was not taken (nothing was counted; a `RELIABLE` message will come again).
+pub(crate) fn try_dispatch(
+    conn: &Arc<ServerConn>,
+    header: Header,
+    payload: Vec<u8>,
+    udp: bool,
+) -> bool {
+    let Ok(slot) = conn.queue_slots.clone().try_acquire_owned() else {
+        return false;
+    };
+    let Ok(permit) = conn.inflight_slots.clone().try_acquire_owned() else {
+        return false;
+    };
+    let priority = header.flags.contains(XTMPFlags::PRIORITY);
+    let seq = header.sequence_number;
+    match admit(conn, &header, &payload) {
+        Admission::Consumed => {}
+        Admission::Refuse(code, reason) => {
+            conn.enqueue_error(seq, code, &reason, Some(slot), priority, udp);
+        }
+        Admission::Run(route) => start_handler(conn, header, payload, route, slot, permit, udp),
+    }
+    true
+}
+
 async fn conn_writer<W: AsyncWrite + Unpin>(conn: Arc<ServerConn>, mut w: W) {
     let shared = conn.shared.clone();
     let opts = &shared.opts;
@@ -1436,7 +1828,7 @@ async fn conn_writer<W: AsyncWrite + Unpin>(conn: Arc<ServerConn>, mut w: W) {
         if drain_deadline.is_none() && shared.shutdown.is_cancelled() {
             drain_deadline = Some(now + opts.drain_timeout);
         }
-        let (batch, finished, deadline) = {
+        let (batch, dbatch, dpeer, finished, deadline) = {
             let mut st = lock(&conn.state);
             let st = &mut *st;
             if st.closing.is_none() {
@@ -1452,6 +1844,40 @@ async fn conn_writer<W: AsyncWrite + Unpin>(conn: Arc<ServerConn>, mut w: W) {
                             st.fatal(&counters, ErrorCode::INTERNAL, "internal error", 0);
                         }
                     }
+                }
+            }
+            if st.closing.is_none() {
+                // Datagram path: retransmissions, key-update repetition, probes, acks.
+                st.drain_core();
+                let ConnState {
+                    session,
+                    dgram,
+                    wbuf,
+                    ..
+                } = &mut *st;
+                let fatal = match dgram.as_mut() {
+                    Some(dg) => {
+                        let out = dg.run_timers(now.into_std(), session.core_mut(), wbuf);
+                        if !out.expired.is_empty() {
+                            debug!(
+                                n = out.expired.len(),
+                                "RELIABLE messages given up unacknowledged"
+                            );
+                        }
+                        if let Some(up) = out.switched {
+                            debug!(session = %format_args!("{:016x}", conn.session_id), udp_up = up, "hybrid path switch");
+                        }
+                        if out.ticked {
+                            let stats = session.core().stats();
+                            let total = stats.bytes_sent + stats.bytes_received;
+                            session.quality.sample_throughput(now.into_std(), total);
+                        }
+                        out.fatal
+                    }
+                    None => false,
+                };
+                if fatal {
+                    st.fatal(&counters, ErrorCode::TIMEOUT, "key update not answered", 0);
                 }
             }
             if st.closing.is_none() && now >= next_heartbeat {
@@ -1502,6 +1928,7 @@ async fn conn_writer<W: AsyncWrite + Unpin>(conn: Arc<ServerConn>, mut w: W) {
                                 payload,
                                 reply_to: None,
                                 _slot: None,
+                                udp: e.udp,
                             };
                             conn.push(st, o, e.flags.contains(XTMPFlags::PRIORITY));
                         }
@@ -1552,11 +1979,23 @@ async fn conn_writer<W: AsyncWrite + Unpin>(conn: Arc<ServerConn>, mut w: W) {
             if let Some(dl) = drain_deadline {
                 deadline = deadline.min(dl);
             }
-            (batch, finished, deadline)
+            let (dbatch, dpeer) = match st.dgram.as_mut() {
+                Some(dg) if !dg.is_primary() => {
+                    deadline = deadline.min(Instant::from_std(dg.poll_timeout()));
+                    let b = std::mem::take(&mut dg.dbuf);
+                    (b, Some(dg.peer.clone()))
+                }
+                Some(dg) => {
+                    deadline = deadline.min(Instant::from_std(dg.poll_timeout()));
+                    (Vec::new(), None)
+                }
+                None => (Vec::new(), None),
+            };
+            (batch, dbatch, dpeer, finished, deadline)
         };
         conn.drained.notify_waiters();
-        let wrote = !batch.is_empty();
-        if wrote {
+        let wrote = !batch.is_empty() || !dbatch.is_empty();
+        if !batch.is_empty() {
             match write_all_timeout(&mut w, &batch, opts.write_timeout).await {
                 Ok(()) => ServerCounters::add(&counters.bytes_sent, batch.len() as u64),
                 Err(e) => {
@@ -1564,6 +2003,16 @@ async fn conn_writer<W: AsyncWrite + Unpin>(conn: Arc<ServerConn>, mut w: W) {
                     conn.set_closing(Closing::PeerGone);
                     break;
                 }
+            }
+        }
+        if let (false, Some(peer), Some(io)) = (dbatch.is_empty(), dpeer, shared.udp.as_ref()) {
+            // The hybrid session's UDP path.
+            let mut sink = UdpFrameSink::new(io.clone(), peer, opts.datagram.budget);
+            if write_all_timeout(&mut sink, &dbatch, opts.write_timeout)
+                .await
+                .is_ok()
+            {
+                ServerCounters::add(&counters.bytes_sent, dbatch.len() as u64);
             }
         }
         if finished {

@@ -1,7 +1,7 @@
 //! The transport seam: any ordered byte stream (`AsyncRead + AsyncWrite`) carries XTMP
-//! frames. TCP is wired in now; a WebSocket adapter only has to provide such a stream
-//! (see [`crate::ServerHandle::serve_stream`]); UDP will feed whole datagrams to the
-//! same core entry points.
+//! frames. TCP and WebSocket ([`crate::ws::WsStream`] adapts binary messages into such a
+//! stream, see [`crate::ServerHandle::serve_stream`]) are wired in; UDP feeds whole
+//! datagrams to the same core entry points.
 
 use std::time::Duration;
 
@@ -175,13 +175,18 @@ pub fn parse_plain_error(frame: &[u8]) -> Option<ErrorPayload> {
     ErrorPayload::decode(payload).ok()
 }
 
-/// Writes `data` within `timeout`.
+/// Writes and flushes `data` within `timeout` (the flush matters for buffering
+/// transports such as TLS and the WebSocket adapter; on TCP it does nothing).
 pub(crate) async fn write_all_timeout<W: AsyncWrite + Unpin>(
     w: &mut W,
     data: &[u8],
     timeout: Duration,
 ) -> std::io::Result<()> {
-    match tokio::time::timeout(timeout, w.write_all(data)).await {
+    let write = async {
+        w.write_all(data).await?;
+        w.flush().await
+    };
+    match tokio::time::timeout(timeout, write).await {
         Ok(r) => r,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     }
