@@ -1789,4 +1789,41 @@ allow_plaintext = true
             let _ = parse(junk);
         }
     }
+
+    /// The UDP keys of `[xtmp_server]`: defaults, values, range checks naming the key, and
+    /// the hybrid policy they make.
+    #[test]
+    fn udp_keys() {
+        let d = parse("").unwrap();
+        assert_eq!(d.xtmp_server.udp_bind_address, None);
+        assert!(d.xtmp_server.enable_udp_sessions && d.xtmp_server.enable_hybrid);
+        assert_eq!(d.xtmp_server.datagram_budget, 1200);
+        assert!(d
+            .hybrid_policy()
+            .wants_udp(xtmp_proto::MessageType::MetricsStream));
+        assert!(!d
+            .hybrid_policy()
+            .wants_udp(xtmp_proto::MessageType::WalletBalance));
+        let c = parse(
+            "[xtmp_server]\nudp_bind_address = \"127.0.0.1:8080\"\nenable_hybrid = false\ndatagram_budget = 1400\nhybrid_udp_types = [\"MetricsStream\", \"0x12\"]\n",
+        )
+        .unwrap();
+        let s = &c.xtmp_server;
+        assert_eq!(s.udp_bind_address, Some("127.0.0.1:8080".parse().unwrap()));
+        assert!(!s.enable_hybrid);
+        assert_eq!(s.datagram_budget, 1400);
+        assert!(c
+            .hybrid_policy()
+            .wants_udp(xtmp_proto::MessageType::WalletBalance));
+        assert!(!c
+            .hybrid_policy()
+            .wants_udp(xtmp_proto::MessageType::LiveUpdates));
+        let e = parse("[xtmp_server]\ndatagram_budget = 500\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("xtmp_server.datagram_budget"));
+        let e = parse("[xtmp_server]\nhybrid_udp_types = [\"NoSuchType\"]\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("xtmp_server.hybrid_udp_types"));
+        let again = parse(&c.to_toml()).unwrap();
+        assert_eq!(again.xtmp_server.udp_bind_address, s.udp_bind_address);
+        assert_eq!(again.xtmp_server.hybrid_udp_types, s.hybrid_udp_types);
+    }
 }

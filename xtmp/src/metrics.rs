@@ -11,8 +11,12 @@ use xtmp_proto::ErrorCode;
 
 /// The seed's per-session link quality.
 ///
-/// * `latency_ms`: smoothed heartbeat round-trip time (RFC 6298 SRTT), 0 before the first sample.
-/// * `packet_loss`: fraction of heartbeat pings that went unanswered before the next one.
+/// * `latency_ms`: smoothed round-trip time (RFC 6298 SRTT), 0 before the first sample:
+///   of the datagram path (acknowledgements, probes) on `UdpFast` and hybrid sessions, else
+///   of the heartbeats.
+/// * `packet_loss`: fraction of heartbeat pings that went unanswered before the next one;
+///   on `UdpFast` and hybrid sessions at least the datagram path's smoothed loss estimate
+///   (sequence gaps, retransmissions, unanswered probes; `PROTOCOL.md` §9.9).
 /// * `throughput_mbps`: bytes in both directions per second over the last heartbeat
 ///   period, smoothed, in megabits per second.
 /// * `error_rate`: `Error` replies sent per application message received.
