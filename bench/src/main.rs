@@ -157,7 +157,7 @@ struct ChartArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "1000,2000,5000,10000,20000,40000"
+        default_value = "1000,2000,5000,10000,20000,40000,80000"
     )]
     rates: Vec<f64>,
     /// SVG output file.
@@ -823,7 +823,7 @@ async fn chart_cmd(a: ChartArgs) -> Result<()> {
     let svg = chart::render(
         "Request/response latency against offered load",
         &format!(
-            "{size} B echo, {conc} connections, open loop (latency from the intended send time); {}; load {}",
+            "{size} B echo, {conc} connections, open loop (latency from the send time, or from the intended time when behind schedule); {}; load {}",
             stats::machine_description(),
             stats::load_average()
         ),
