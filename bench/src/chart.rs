@@ -55,7 +55,7 @@ fn trim(v: f64) -> String {
 /// Renders the chart. `series` is (name, points sorted by offered load).
 pub fn render(title: &str, subtitle: &str, series: &[(String, Vec<Point>)]) -> String {
     let (w, h) = (900.0, 560.0);
-    let (l, r, t, b) = (80.0, 170.0, 60.0, 60.0);
+    let (l, r, t, b) = (80.0, 170.0, 70.0, 60.0);
     let pts = series.iter().flat_map(|(_, p)| p.iter());
     let (mut xmin, mut xmax, mut ymin, mut ymax) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for p in pts {
@@ -86,12 +86,15 @@ pub fn render(title: &str, subtitle: &str, series: &[(String, Vec<Point>)]) -> S
         l,
         esc(title)
     );
-    let _ = writeln!(
-        s,
-        r##"<text x="{}" y="42" fill="#555">{}</text>"##,
-        l,
-        esc(subtitle)
-    );
+    for (i, line) in subtitle.lines().enumerate() {
+        let _ = writeln!(
+            s,
+            r##"<text x="{}" y="{}" fill="#555">{}</text>"##,
+            l,
+            40 + 15 * i,
+            esc(line)
+        );
+    }
     for x in log_ticks(xmin, xmax) {
         let xx = px(x);
         let _ = writeln!(
@@ -132,7 +135,7 @@ pub fn render(title: &str, subtitle: &str, series: &[(String, Vec<Point>)]) -> S
     );
     for (i, (name, points)) in series.iter().enumerate() {
         let c = colour(i);
-        for (dash, pick) in [("", 0), ("6,4", 1)] {
+        for (dash, pick) in [("", 0), (r#" stroke-dasharray="6,4""#, 1)] {
             let path: Vec<String> = points
                 .iter()
                 .map(|p| {
@@ -145,7 +148,7 @@ pub fn render(title: &str, subtitle: &str, series: &[(String, Vec<Point>)]) -> S
             }
             let _ = writeln!(
                 s,
-                r#"<polyline fill="none" stroke="{c}" stroke-width="2" stroke-dasharray="{dash}" points="{}"/>"#,
+                r#"<polyline fill="none" stroke="{c}" stroke-width="2"{dash} points="{}"/>"#,
                 path.join(" ")
             );
             for p in points {

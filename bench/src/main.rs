@@ -218,6 +218,15 @@ async fn async_main(cli: Cli) -> Result<()> {
     stats::raise_nofile_limit();
     let mode = server_mode(&args)?;
     let compare = spec::parse_compare(&args.compare)?;
+    // Check the arguments before printing anything.
+    for &s in &scenarios {
+        make_spec(
+            &args,
+            s,
+            args.size.unwrap_or(s.default_size()),
+            args.concurrency.unwrap_or(s.default_concurrency()),
+        )?;
+    }
     if !args.json {
         print_header(&args, &compare);
     }
@@ -823,7 +832,7 @@ async fn chart_cmd(a: ChartArgs) -> Result<()> {
     let svg = chart::render(
         "Request/response latency against offered load",
         &format!(
-            "{size} B echo, {conc} connections, open loop (latency from the send time, or from the intended time when behind schedule); {}; load {}",
+            "{size} B echo, {conc} connections, open loop (latency from the send time, or from the intended time when behind schedule)\n{}; load {}",
             stats::machine_description(),
             stats::load_average()
         ),
