@@ -504,12 +504,12 @@ impl XTMPServer {
         if opts.require_authentication && opts.authorized_clients.is_empty() {
             warn!("require_authentication is set but no client key is authorized: every handshake will fail");
         }
-        let listener = TcpListener::bind(opts.bind_address)
-            .await
-            .map_err(|source| XTMPRuntimeError::Bind {
+        let listener = crate::transport::listen_tcp(opts.bind_address).map_err(|source| {
+            XTMPRuntimeError::Bind {
                 address: opts.bind_address,
                 source,
-            })?;
+            }
+        })?;
         let local_addr = listener.local_addr()?;
         let mut listeners = vec![ListenerInfo {
             kind: "tcp".into(),

@@ -201,6 +201,25 @@ pub(crate) async fn shutdown_timeout<W: AsyncWrite + Unpin>(w: &mut W, timeout: 
     .await;
 }
 
+/// Listen backlog for the TCP and WebSocket listeners. `TcpListener::bind` uses 128,
+/// which overflows (SYNs dropped, 1 s client retries) when hundreds of clients connect at
+/// once; the kernel still caps it at `net.core.somaxconn`.
+pub(crate) const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR` on Unix, as
+/// `TcpListener::bind` sets it).
+pub(crate) fn listen_tcp(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

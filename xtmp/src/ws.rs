@@ -829,12 +829,12 @@ pub(crate) struct BoundListener {
 impl BoundListener {
     pub(crate) async fn bind(opts: &WebSocketListenerOptions) -> Result<Self, XTMPRuntimeError> {
         opts.validate()?;
-        let listener = TcpListener::bind(opts.bind_address)
-            .await
-            .map_err(|source| XTMPRuntimeError::Bind {
+        let listener = crate::transport::listen_tcp(opts.bind_address).map_err(|source| {
+            XTMPRuntimeError::Bind {
                 address: opts.bind_address,
                 source,
-            })?;
+            }
+        })?;
         let local_addr = listener.local_addr()?;
         Ok(Self {
             listener,
