@@ -67,8 +67,11 @@ enum Inner {
 
 /// XAES-256-GCM state for one input key `K`.
 struct XaesKey {
-    /// AES-256 with the input key `K` (zeroized on drop by `aes`).
-    block: aes::Aes256,
+    /// The input key `K`. The AES-256 key schedule is expanded only while deriving
+    /// (about 0.1 µs), not kept: a session holds one `XaesKey` per direction for its
+    /// whole life and uses only the cached derived key, so keeping the ~500-byte
+    /// schedule would cost memory on every idle session for nothing.
+    key: Zeroizing<[u8; KEY_LEN]>,
     /// CMAC subkey `K1` (C2SP steps 1–2), precomputed.
     k1: Zeroizing<[u8; 16]>,
     /// Derived AES-256-GCM key for one nonce prefix, if a hint was given.
@@ -167,6 +170,7 @@ impl fmt::Debug for AeadKey {
 
 impl XaesKey {
     fn new(key: &[u8; KEY_LEN], prefix_hint: Option<[u8; XAES_PREFIX_LEN]>) -> Self {
+        // Zeroized on drop by `aes` (`zeroize` feature).
         let block = aes::Aes256::new(key.into());
         // C2SP steps 1-2: L = AES-256_K(0^128); K1 = L << 1, xor 0x87 into the
         // last byte if MSB(L) = 1 (the CMAC subkey of NIST SP 800-38B §6.1).
@@ -182,14 +186,14 @@ impl XaesKey {
         k1[15] ^= 0x87 & 0u8.wrapping_sub(carry);
         carry.zeroize();
         let mut this = Self {
-            block,
+            key: Zeroizing::new(*key),
             k1,
             cached: None,
         };
         if let Some(prefix) = prefix_hint {
             let mut n = [0u8; NONCE_LEN];
             n[..XAES_PREFIX_LEN].copy_from_slice(&prefix);
-            this.cached = Some((prefix, this.derive(&n)));
+            this.cached = Some((prefix, this.derive_with(&block, &n)));
         }
         this
     }
@@ -205,6 +209,12 @@ impl XaesKey {
 
     /// C2SP steps 3-5: derives the AES-256-GCM key `Kx` for `nonce[..12]`.
     fn derive(&self, nonce: &[u8; NONCE_LEN]) -> LessSafeKey {
+        let block = aes::Aes256::new((&*self.key).into());
+        self.derive_with(&block, nonce)
+    }
+
+    /// [`XaesKey::derive`] with the expanded AES-256 key `K` at hand.
+    fn derive_with(&self, block: &aes::Aes256, nonce: &[u8; NONCE_LEN]) -> LessSafeKey {
         let mut kx = Zeroizing::new([0u8; 32]);
         let mut m = Zeroizing::new([0u8; 16]);
         for (counter, out) in [1u8, 2u8].into_iter().zip(kx.chunks_exact_mut(16)) {
@@ -217,7 +227,7 @@ impl XaesKey {
             for (b, k) in m.iter_mut().zip(self.k1.iter()) {
                 *b ^= k;
             }
-            self.block.encrypt_block((&mut *m).into());
+            block.encrypt_block((&mut *m).into());
             out.copy_from_slice(&m[..]);
         }
         lc_key(&lc::AES_256_GCM, &kx)

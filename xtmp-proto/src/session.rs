@@ -233,21 +233,25 @@ pub struct Session {
     peer_key: Option<[u8; 32]>,
     send: XTMPKeySet,
     recv: XTMPKeySet,
-    recv_prev: Option<PreviousKeys>,
+    /// Boxed: present only during a rotation's overlap.
+    recv_prev: Option<Box<PreviousKeys>>,
     rekey_secret: Zeroizing<[u8; 32]>,
     rekey: Rekey,
     rekey_wanted: bool,
     next_rotation: Instant,
     send_seq: u64,
     recv_next: u64,
-    window: ReplayWindow,
+    /// Allocated on first use (window mode only), so an ordered session does not
+    /// carry 264 unused bytes.
+    window: Option<Box<ReplayWindow>>,
     outgoing: VecDeque<Vec<u8>>,
     ping: Option<(u64, Instant)>,
     ping_counter: u64,
     rtt: RttEstimator,
     /// A datagram path was added ([`Session::enable_datagram_path`]).
     dgram_path: bool,
-    dgram_window: ReplayWindow,
+    /// Allocated on first use (a datagram path was added).
+    dgram_window: Option<Box<ReplayWindow>>,
     dgram_ping: Option<(u64, Instant)>,
     dgram_rtt: RttEstimator,
     /// Window mode: the last `KeyUpdate` payload answered and the sealed `KeyUpdateAck`,
@@ -269,6 +273,11 @@ impl core::fmt::Debug for Session {
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
+}
+
+/// A replay window allocated on first use (one small allocation per session and path).
+fn lazy_window(slot: &mut Option<Box<ReplayWindow>>) -> &mut ReplayWindow {
+    slot.get_or_insert_with(|| Box::new(ReplayWindow::new()))
 }
 
 fn rotation_delay(side: Side, interval: Duration) -> Duration {
@@ -326,13 +335,13 @@ impl Session {
             // Sequence number 0 belongs to the handshake; session frames start at 1.
             send_seq: 1,
             recv_next: 1,
-            window: ReplayWindow::new(),
+            window: None,
             outgoing: VecDeque::new(),
             ping: None,
             ping_counter: 0,
             rtt: RttEstimator::default(),
             dgram_path: false,
-            dgram_window: ReplayWindow::new(),
+            dgram_window: None,
             dgram_ping: None,
             dgram_rtt: RttEstimator::default(),
             last_key_update_answer: None,
@@ -399,7 +408,7 @@ impl Session {
         if mode == ReplayMode::Window && self.config.replay_mode == ReplayMode::Ordered {
             // Seed the window with everything below the next expected number.
             if let Some(last) = self.recv_next.checked_sub(1) {
-                self.window.mark(last);
+                lazy_window(&mut self.window).mark(last);
             }
         }
         self.config.replay_mode = mode;
@@ -799,10 +808,10 @@ impl Session {
         );
         let old = core::mem::replace(&mut self.recv, new_recv);
         // Dropping the older `recv_prev` (if any) zeroizes it.
-        self.recv_prev = Some(PreviousKeys {
+        self.recv_prev = Some(Box::new(PreviousKeys {
             keys: old,
             discard_at: now + self.config.key_overlap,
-        });
+        }));
         self.rekey_secret = Zeroizing::new(*secrets.rekey);
         self.next_rotation = expires;
         self.rekey = Rekey::Idle;
@@ -1015,7 +1024,7 @@ impl Session {
             return Err(XTMPError::Replay(seq));
         }
         match (path, self.config.replay_mode) {
-            (PathId::Datagram, _) => self.dgram_window.check(seq)?,
+            (PathId::Datagram, _) => lazy_window(&mut self.dgram_window).check(seq)?,
             (PathId::Primary, ReplayMode::Ordered) => {
                 // With a datagram path the numbers are shared: gaps are expected, going
                 // backwards is not.
@@ -1031,15 +1040,15 @@ impl Session {
                     });
                 }
             }
-            (PathId::Primary, ReplayMode::Window) => self.window.check(seq)?,
+            (PathId::Primary, ReplayMode::Window) => lazy_window(&mut self.window).check(seq)?,
         }
         // 14: authenticate and decrypt.
         keys.open_frame(frame)?;
         // Accepted: only now does state change.
         match (path, self.config.replay_mode) {
-            (PathId::Datagram, _) => self.dgram_window.mark(seq),
+            (PathId::Datagram, _) => lazy_window(&mut self.dgram_window).mark(seq),
             (PathId::Primary, ReplayMode::Ordered) => self.recv_next = seq.wrapping_add(1),
-            (PathId::Primary, ReplayMode::Window) => self.window.mark(seq),
+            (PathId::Primary, ReplayMode::Window) => lazy_window(&mut self.window).mark(seq),
         }
         self.confirmed = true;
         let frame_len = frame.len();

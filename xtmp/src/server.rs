@@ -461,6 +461,10 @@ impl ServerShared {
     }
 }
 
+/// An established connection with nothing to read for this long gives its read buffer
+/// back (see `FrameReader::release_when_idle`).
+const IDLE_READ_BUFFER: Duration = Duration::from_secs(2);
+
 struct ConnGuard {
     shared: Arc<ServerShared>,
     ctype: ConnectionType,
@@ -750,7 +754,8 @@ pub(crate) struct ConnState {
     pub(crate) closing: Option<Closing>,
     pub(crate) last_received: Instant,
     /// The datagram path (`UdpFast`: the only path; hybrid: the UDP path).
-    pub(crate) dgram: Option<DgramState<ServerRel>>,
+    /// Boxed: most sessions (TCP, WebSocket) never have one, and it is large.
+    pub(crate) dgram: Option<Box<DgramState<ServerRel>>>,
 }
 
 /// Result of sealing an outgoing message on the path it belongs on.
@@ -1324,17 +1329,18 @@ async fn handle_connection<S: StreamTransport>(
     ctype: ConnectionType,
 ) {
     let (r, mut w) = tokio::io::split(stream);
-    let mut fr = FrameReader::new(r, shared.opts.max_payload);
+    let mut fr = FrameReader::new(r, shared.opts.max_payload).release_when_idle(IDLE_READ_BUFFER);
     if !shared.limiter.allow(peer.ip(), Instant::now()) {
         ServerCounters::add(&shared.counters.handshakes_failed, 1);
         debug!(%peer, "handshake rate limit exceeded");
-        send_plain_and_linger(
+        // Boxed (rare path): keeps the connection task's future small.
+        Box::pin(send_plain_and_linger(
             &shared,
             &mut fr,
             &mut w,
             ErrorCode::RATE_LIMITED,
             "too many handshakes from this address",
-        )
+        ))
         .await;
         return;
     }
@@ -1342,15 +1348,22 @@ async fn handle_connection<S: StreamTransport>(
     let in_progress = InProgressGuard(shared.counters.clone());
     let deadline = Instant::now() + shared.opts.handshake_timeout;
     let hs = tokio::select! {
-        r = tokio::time::timeout_at(deadline, server_handshake(&shared, &mut fr, &mut w, peer)) => r,
+        // Boxed: the handshake's state is large and only lives for the handshake; inline it
+        // would stay in the connection task's future for the whole session.
+        r = tokio::time::timeout_at(deadline, Box::pin(server_handshake(&shared, &mut fr, &mut w, peer))) => r,
         _ = shared.shutdown.cancelled() => Ok(Err(HsError::Refuse(ErrorCode::SHUTTING_DOWN, "server is shutting down"))),
     };
     drop(in_progress);
     let (session, client_key, ack) = match hs {
-        Ok(Ok(x)) => x,
+        // Unbox here: a moved-from `Box` is only freed at the end of its scope, which for a
+        // binding of this function would be the end of the session (1.4 KB per idle session).
+        Ok(Ok((session, client_key, ack))) => (*session, client_key, ack),
         Ok(Err(HsError::Refuse(code, reason))) => {
             ServerCounters::add(&shared.counters.handshakes_failed, 1);
-            send_plain_and_linger(&shared, &mut fr, &mut w, code, reason).await;
+            Box::pin(send_plain_and_linger(
+                &shared, &mut fr, &mut w, code, reason,
+            ))
+            .await;
             return;
         }
         Ok(Err(HsError::Gone)) => {
@@ -1360,20 +1373,20 @@ async fn handle_connection<S: StreamTransport>(
         Err(_) => {
             ServerCounters::add(&shared.counters.handshakes_failed, 1);
             debug!(%peer, "handshake timed out");
-            send_plain_and_linger(
+            Box::pin(send_plain_and_linger(
                 &shared,
                 &mut fr,
                 &mut w,
                 ErrorCode::TIMEOUT,
                 "handshake timeout",
-            )
+            ))
             .await;
             return;
         }
     };
     ServerCounters::add(&shared.counters.handshakes_completed, 1);
     let session_id = session.session_id();
-    let conn = build_conn(&shared, *session, peer, ctype, client_key, None);
+    let conn = build_conn(&shared, session, peer, ctype, client_key, None);
     if !shared.manager.insert(conn.clone()) {
         warn!("session id collision; closing the new session");
         lock(&conn.state).fatal(&shared.counters, ErrorCode::INTERNAL, "internal error", 0);
@@ -1386,6 +1399,8 @@ async fn handle_connection<S: StreamTransport>(
         return;
     }
     ServerCounters::add(&shared.counters.bytes_sent, ack.len() as u64);
+    // Not kept for the life of the session.
+    drop(ack);
     debug!(%peer, session = %format_args!("{session_id:016x}"), "session established");
     tokio::join!(conn_reader(conn.clone(), fr), conn_writer(conn.clone(), w));
     conn.close.cancel();
@@ -1470,7 +1485,7 @@ pub(crate) fn build_conn(
             inflight: HashMap::new(),
             closing: None,
             last_received: now,
-            dgram,
+            dgram: dgram.map(Box::new),
         }),
         wake,
         drained: Notify::new(),

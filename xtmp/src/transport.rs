@@ -44,6 +44,11 @@ pub(crate) struct FrameReader<R> {
     frame_deadline: Option<Instant>,
     /// Bytes read so far (for counters).
     pub(crate) bytes_read: u64,
+    /// Free the read buffer after this long without data between frames.
+    idle_release: Option<Duration>,
+    /// The buffer was freed: the next read goes into a 64-byte allocation (what
+    /// `BytesMut` reserves when full) instead of a fresh `INITIAL_READ_BUF`.
+    released: bool,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -54,7 +59,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             max_payload,
             frame_deadline: None,
             bytes_read: 0,
+            idle_release: None,
+            released: false,
         }
+    }
+
+    /// Frees the read buffer when no byte arrives for `after` between frames, so an idle
+    /// connection holds 64 bytes instead of `INITIAL_READ_BUF` (a server with many idle
+    /// sessions). Costs one timer per read that starts with an empty buffer, and one extra
+    /// read when data comes again.
+    pub(crate) fn release_when_idle(mut self, after: Duration) -> Self {
+        self.idle_release = Some(after);
+        self
     }
 
     /// The next whole frame; `Ok(None)` at a clean end of stream (between frames).
@@ -88,16 +104,29 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             } else {
                 INITIAL_READ_BUF
             };
-            if self.buf.capacity() - self.buf.len() < want.min(1 << 20) {
+            let idle = self.buf.is_empty() && self.frame_deadline.is_none();
+            if !(idle && self.released) && self.buf.capacity() - self.buf.len() < want.min(1 << 20)
+            {
                 self.buf.reserve(want.clamp(1, 1 << 20));
             }
-            let n = match self.frame_deadline {
-                None => self
+            let n = match (self.frame_deadline, self.idle_release) {
+                (None, Some(after)) if idle && !self.released => {
+                    // `read_buf` is cancel-safe: nothing is lost when the timer wins.
+                    match tokio::time::timeout(after, self.inner.read_buf(&mut self.buf)).await {
+                        Ok(r) => r.map_err(ReadError::Io)?,
+                        Err(_) => {
+                            self.buf = BytesMut::new();
+                            self.released = true;
+                            continue;
+                        }
+                    }
+                }
+                (None, _) => self
                     .inner
                     .read_buf(&mut self.buf)
                     .await
                     .map_err(ReadError::Io)?,
-                Some(deadline) => {
+                (Some(deadline), _) => {
                     match tokio::time::timeout_at(deadline, self.inner.read_buf(&mut self.buf))
                         .await
                     {
@@ -112,6 +141,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 }
                 return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()));
             }
+            self.released = false;
             self.bytes_read += n as u64;
             bytes_counter(n as u64);
             if self.frame_deadline.is_none() {
@@ -126,10 +156,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub(crate) async fn linger(&mut self, max_wait: Duration) {
         let deadline = Instant::now() + max_wait;
         let mut total = 0usize;
-        let mut scratch = [0u8; 4096];
+        // Discarded bytes go through the (heap) read buffer: a stack array here would sit
+        // in every connection task's future for the connection's whole life.
+        self.buf.clear();
         while total < LINGER_MAX_BYTES {
-            match tokio::time::timeout_at(deadline, self.inner.read(&mut scratch)).await {
-                Ok(Ok(n)) if n > 0 => total += n,
+            if self.buf.capacity() < 4096 {
+                self.buf.reserve(4096);
+            }
+            match tokio::time::timeout_at(deadline, self.inner.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    total += n;
+                    self.buf.clear();
+                }
                 _ => return,
             }
         }
@@ -257,6 +295,46 @@ mod tests {
             fr.next_frame(t, &|_| {}).await,
             Err(ReadError::Frame(XTMPError::BadMagic))
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_reader_frees_its_buffer_and_still_reads_whole_frames() {
+        let e = plain_error_frame(ErrorCode::SERVER_BUSY, "busy");
+        let (mut a, b) = tokio::io::duplex(4096);
+        let mut fr = FrameReader::new(b, 1024).release_when_idle(Duration::from_secs(2));
+        let t = Duration::from_secs(5);
+        a.write_all(&e).await.unwrap();
+        assert_eq!(
+            &fr.next_frame(t, &|_| {}).await.unwrap().unwrap()[..],
+            &e[..]
+        );
+        assert!(fr.buf.capacity() >= INITIAL_READ_BUF - e.len());
+        // Nothing arrives for 3 s: the buffer is given back while the read stays pending
+        // (on a 64-byte allocation, what `BytesMut` reserves when read into while full).
+        let pending = tokio::time::timeout(Duration::from_secs(3), fr.next_frame(t, &|_| {})).await;
+        assert!(pending.is_err());
+        assert!(fr.released);
+        assert!(fr.buf.capacity() <= 64, "{}", fr.buf.capacity());
+        // Data again, in two pieces: the frame still comes out whole and exactly once.
+        let mut two = e.clone();
+        two.extend_from_slice(&e);
+        let writer = tokio::spawn(async move {
+            a.write_all(&two[..10]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            a.write_all(&two[10..]).await.unwrap();
+            a
+        });
+        assert_eq!(
+            &fr.next_frame(t, &|_| {}).await.unwrap().unwrap()[..],
+            &e[..]
+        );
+        assert!(!fr.released);
+        assert_eq!(
+            &fr.next_frame(t, &|_| {}).await.unwrap().unwrap()[..],
+            &e[..]
+        );
+        drop(writer.await.unwrap());
+        assert!(fr.next_frame(t, &|_| {}).await.unwrap().is_none());
     }
 
     #[tokio::test(start_paused = true)]

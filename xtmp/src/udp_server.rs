@@ -154,12 +154,12 @@ fn path_attach<'a>(
                     let mut t = [0u8; PATH_TOKEN_LEN];
                     xtmp_proto::SecureRandom::fill(&mut OsRng, &mut t);
                     st.session.core_mut().enable_datagram_path();
-                    st.dgram = Some(DgramState::new(
+                    st.dgram = Some(Box::new(DgramState::new(
                         Attach::Granted(t),
                         None,
                         shared.opts.datagram.clone(),
                         std::time::Instant::now(),
-                    ));
+                    )));
                     st.session.connection_type = ConnectionType::TcpUdpHybrid;
                     shared.hybrid_attached();
                     t
