@@ -1328,80 +1328,13 @@ async fn handle_connection<S: StreamTransport>(
     peer: SocketAddr,
     ctype: ConnectionType,
 ) {
-    let (r, mut w) = tokio::io::split(stream);
-    let mut fr = FrameReader::new(r, shared.opts.max_payload).release_when_idle(IDLE_READ_BUFFER);
-    if !shared.limiter.allow(peer.ip(), Instant::now()) {
-        ServerCounters::add(&shared.counters.handshakes_failed, 1);
-        debug!(%peer, "handshake rate limit exceeded");
-        // Boxed (rare path): keeps the connection task's future small.
-        Box::pin(send_plain_and_linger(
-            &shared,
-            &mut fr,
-            &mut w,
-            ErrorCode::RATE_LIMITED,
-            "too many handshakes from this address",
-        ))
-        .await;
+    // The handshake phase runs boxed: its state (handshake, refusals) would otherwise be
+    // laid out in this future, which lives as long as the session (idle-session memory).
+    let Some((conn, fr, w)) = Box::pin(establish_connection(&shared, stream, peer, ctype)).await
+    else {
         return;
-    }
-    ServerCounters::add(&shared.counters.handshakes_in_progress, 1);
-    let in_progress = InProgressGuard(shared.counters.clone());
-    let deadline = Instant::now() + shared.opts.handshake_timeout;
-    let hs = tokio::select! {
-        // Boxed: the handshake's state is large and only lives for the handshake; inline it
-        // would stay in the connection task's future for the whole session.
-        r = tokio::time::timeout_at(deadline, Box::pin(server_handshake(&shared, &mut fr, &mut w, peer))) => r,
-        _ = shared.shutdown.cancelled() => Ok(Err(HsError::Refuse(ErrorCode::SHUTTING_DOWN, "server is shutting down"))),
     };
-    drop(in_progress);
-    let (session, client_key, ack) = match hs {
-        // Unbox here: a moved-from `Box` is only freed at the end of its scope, which for a
-        // binding of this function would be the end of the session (1.4 KB per idle session).
-        Ok(Ok((session, client_key, ack))) => (*session, client_key, ack),
-        Ok(Err(HsError::Refuse(code, reason))) => {
-            ServerCounters::add(&shared.counters.handshakes_failed, 1);
-            Box::pin(send_plain_and_linger(
-                &shared, &mut fr, &mut w, code, reason,
-            ))
-            .await;
-            return;
-        }
-        Ok(Err(HsError::Gone)) => {
-            ServerCounters::add(&shared.counters.handshakes_failed, 1);
-            return;
-        }
-        Err(_) => {
-            ServerCounters::add(&shared.counters.handshakes_failed, 1);
-            debug!(%peer, "handshake timed out");
-            Box::pin(send_plain_and_linger(
-                &shared,
-                &mut fr,
-                &mut w,
-                ErrorCode::TIMEOUT,
-                "handshake timeout",
-            ))
-            .await;
-            return;
-        }
-    };
-    ServerCounters::add(&shared.counters.handshakes_completed, 1);
-    let session_id = session.session_id();
-    let conn = build_conn(&shared, session, peer, ctype, client_key, None);
-    if !shared.manager.insert(conn.clone()) {
-        warn!("session id collision; closing the new session");
-        lock(&conn.state).fatal(&shared.counters, ErrorCode::INTERNAL, "internal error", 0);
-    }
-    if write_all_timeout(&mut w, &ack, shared.opts.write_timeout)
-        .await
-        .is_err()
-    {
-        shared.manager.remove(session_id);
-        return;
-    }
-    ServerCounters::add(&shared.counters.bytes_sent, ack.len() as u64);
-    // Not kept for the life of the session.
-    drop(ack);
-    debug!(%peer, session = %format_args!("{session_id:016x}"), "session established");
+    let session_id = conn.session_id;
     tokio::join!(conn_reader(conn.clone(), fr), conn_writer(conn.clone(), w));
     conn.close.cancel();
     shared.manager.remove(session_id);
@@ -1413,6 +1346,93 @@ async fn handle_connection<S: StreamTransport>(
         shared.by_type[type_index(ctype)].fetch_add(1, Ordering::Relaxed);
     }
     debug!(session = %format_args!("{session_id:016x}"), "session closed");
+}
+
+/// Handshake of a new stream connection, up to the registered session and the written
+/// `HandshakeAck`; `None` when it failed (the peer was answered as the protocol allows).
+#[allow(clippy::type_complexity)]
+async fn establish_connection<S: StreamTransport>(
+    shared: &Arc<ServerShared>,
+    stream: S,
+    peer: SocketAddr,
+    ctype: ConnectionType,
+) -> Option<(
+    Arc<ServerConn>,
+    FrameReader<tokio::io::ReadHalf<S>>,
+    tokio::io::WriteHalf<S>,
+)> {
+    let (r, mut w) = tokio::io::split(stream);
+    let mut fr = FrameReader::new(r, shared.opts.max_payload).release_when_idle(IDLE_READ_BUFFER);
+    if !shared.limiter.allow(peer.ip(), Instant::now()) {
+        ServerCounters::add(&shared.counters.handshakes_failed, 1);
+        debug!(%peer, "handshake rate limit exceeded");
+        // Boxed (rare path): keeps the connection task's future small.
+        Box::pin(send_plain_and_linger(
+            shared,
+            &mut fr,
+            &mut w,
+            ErrorCode::RATE_LIMITED,
+            "too many handshakes from this address",
+        ))
+        .await;
+        return None;
+    }
+    ServerCounters::add(&shared.counters.handshakes_in_progress, 1);
+    let in_progress = InProgressGuard(shared.counters.clone());
+    let deadline = Instant::now() + shared.opts.handshake_timeout;
+    let hs = tokio::select! {
+        // Boxed: the handshake's state is large and only lives for the handshake; inline it
+        // would stay in the connection task's future for the whole session.
+        r = tokio::time::timeout_at(deadline, Box::pin(server_handshake(shared, &mut fr, &mut w, peer))) => r,
+        _ = shared.shutdown.cancelled() => Ok(Err(HsError::Refuse(ErrorCode::SHUTTING_DOWN, "server is shutting down"))),
+    };
+    drop(in_progress);
+    let (session, client_key, ack) = match hs {
+        // Unbox here: a moved-from `Box` is only freed at the end of its scope, which for a
+        // binding of this function would be the end of the session (1.4 KB per idle session).
+        Ok(Ok((session, client_key, ack))) => (*session, client_key, ack),
+        Ok(Err(HsError::Refuse(code, reason))) => {
+            ServerCounters::add(&shared.counters.handshakes_failed, 1);
+            Box::pin(send_plain_and_linger(shared, &mut fr, &mut w, code, reason)).await;
+            return None;
+        }
+        Ok(Err(HsError::Gone)) => {
+            ServerCounters::add(&shared.counters.handshakes_failed, 1);
+            return None;
+        }
+        Err(_) => {
+            ServerCounters::add(&shared.counters.handshakes_failed, 1);
+            debug!(%peer, "handshake timed out");
+            Box::pin(send_plain_and_linger(
+                shared,
+                &mut fr,
+                &mut w,
+                ErrorCode::TIMEOUT,
+                "handshake timeout",
+            ))
+            .await;
+            return None;
+        }
+    };
+    ServerCounters::add(&shared.counters.handshakes_completed, 1);
+    let session_id = session.session_id();
+    let conn = build_conn(shared, session, peer, ctype, client_key, None);
+    if !shared.manager.insert(conn.clone()) {
+        warn!("session id collision; closing the new session");
+        lock(&conn.state).fatal(&shared.counters, ErrorCode::INTERNAL, "internal error", 0);
+    }
+    if write_all_timeout(&mut w, &ack, shared.opts.write_timeout)
+        .await
+        .is_err()
+    {
+        shared.manager.remove(session_id);
+        return None;
+    }
+    ServerCounters::add(&shared.counters.bytes_sent, ack.len() as u64);
+    // Not kept for the life of the session.
+    drop(ack);
+    debug!(%peer, session = %format_args!("{session_id:016x}"), "session established");
+    Some((conn, fr, w))
 }
 
 /// Builds the connection object of an established session (any transport).
