@@ -32,6 +32,8 @@ for l in lines:
     x = rows.get("xtmp")
     assert x is not None, "no xtmp row"
     assert x["status"] in ("ok", "skipped"), f"xtmp {x['status']}: {x.get('note')}"
+    if j["scenario"] == "idle-sessions" and x["status"] == "ok":
+        assert x.get("sessions_alive") == j["concurrency"], f"idle sessions alive: {x.get('sessions_alive')} of {j['concurrency']}"
     for p, r in rows.items():
         assert r["status"] in ("ok", "skipped"), f"{p} {r['status']}: {r.get('note')}"
         if r["status"] == "ok" and p != "xtmp" and x["status"] == "ok":
@@ -52,6 +54,7 @@ run metrics-stream   metrics-stream --size 32
 run request-response request-response --size 64
 run bulk             bulk --size 1024
 run idle-sessions    idle-sessions --concurrency 200
+run idle-udp         idle-sessions --transport udp --concurrency 200 --compare none
 run rr-udp           request-response --transport udp --compare quinn,plain-udp
 run rr-hybrid        request-response --transport hybrid --compare none
 run rr-ws            request-response --transport ws --compare none
@@ -69,5 +72,5 @@ else
   echo "ok bad arguments refused"
 fi
 
-echo "bench smoke: $((16 - fail)) passed, $fail failed ($(( $(date +%s) - start )) s)"
+echo "bench smoke: $((17 - fail)) passed, $fail failed ($(( $(date +%s) - start )) s)"
 [ "$fail" -eq 0 ]

@@ -113,6 +113,13 @@ impl Ctx {
                 if spec.crypto_off {
                     o.encryption_types = vec![EncryptionType::None];
                 }
+                if spec.scenario == Scenario::IdleSessions {
+                    // On a UdpFast session the client's probe tick (default every second)
+                    // only samples its local loss estimate and sends nothing; at 100,000
+                    // clients it would cost the load generator 100,000 wake-ups/s. Tick
+                    // with the heartbeat instead (15 s). The server keeps its defaults.
+                    o.datagram.probe_interval = o.heartbeat_interval;
+                }
                 o.transport_order = match spec.transport {
                     Transport::Tcp => Vec::new(),
                     Transport::Udp => vec![TransportStep::udp_to(
@@ -140,6 +147,12 @@ impl Ctx {
         self.info.addr
     }
 
+    /// Starts the rotation through the source addresses at `i` (an idle-sessions client
+    /// process continues where the previous one's share ends).
+    pub fn start_locals_at(&self, i: usize) {
+        self.next_local.store(i, Ordering::Relaxed);
+    }
+
     /// The next source address (port 0: any).
     fn local(&self) -> SocketAddr {
         let n = self.next_local.fetch_add(1, Ordering::Relaxed) % SOURCE_ADDRESSES;
@@ -161,7 +174,14 @@ impl Ctx {
             .xtmp_opts
             .clone()
             .ok_or_else(|| anyhow!("not an XTMP context"))?;
-        if self.spec.transport == Transport::Tcp && self.info.addr.ip().is_loopback() {
+        // TCP: TIME_WAIT (above). idle-sessions over UDP: every client owns a socket, and
+        // 100,000 of them from one address would need more ports than the ephemeral range.
+        let rotate = match self.spec.transport {
+            Transport::Tcp => true,
+            Transport::Udp => self.spec.scenario == Scenario::IdleSessions,
+            Transport::Hybrid | Transport::Ws => false,
+        };
+        if rotate && self.info.addr.ip().is_loopback() {
             o.local_address = Some(self.local());
         }
         Ok(XTMPClient::connect(self.addr(), o).await?)

@@ -19,6 +19,7 @@
 mod chart;
 mod client;
 mod frame;
+mod idle;
 mod run;
 mod server;
 mod spec;
@@ -72,6 +73,32 @@ enum Cmd {
     Scale(ScaleArgs),
     /// Latency against offered load (request-response), as an SVG chart.
     Chart(ChartArgs),
+    /// (internal) Hold idle XTMP sessions for an idle-sessions run (UDP: the clients are
+    /// spread over processes, each under the descriptor limit).
+    #[command(hide = true)]
+    IdleClients {
+        /// The run, as JSON.
+        #[arg(long)]
+        spec: String,
+        /// The server (ServerInfo), as JSON.
+        #[arg(long)]
+        server: String,
+        /// Index of the first session among all (source-address rotation).
+        #[arg(long, default_value_t = 0)]
+        first: usize,
+        /// Sessions to open.
+        #[arg(long)]
+        count: usize,
+        /// Handshakes in flight.
+        #[arg(long, default_value_t = 16)]
+        parallel: usize,
+        /// Sessions opened per second at most.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Sessions closed per second at most.
+        #[arg(long)]
+        close_rate: Option<f64>,
+    },
     /// (internal) Serve one peer for a client process.
     #[command(hide = true)]
     Serve {
@@ -173,6 +200,9 @@ fn main() -> Result<()> {
         Cmd::Serve { spec, .. } => serde_json::from_str::<RunSpec>(spec)
             .map(|s| s.server_threads)
             .unwrap_or(2),
+        Cmd::IdleClients { spec, .. } => serde_json::from_str::<RunSpec>(spec)
+            .map(|s| s.client_threads)
+            .unwrap_or(2),
         Cmd::Scale(a) => a.run.threads,
         Cmd::Chart(a) => a.run.threads,
         Cmd::Handshake(a)
@@ -202,6 +232,26 @@ async fn async_main(cli: Cli) -> Result<()> {
         Cmd::Serve { peer, spec } => {
             let spec: RunSpec = serde_json::from_str(&spec).context("--spec")?;
             return server::serve_child(peer.parse()?, spec).await;
+        }
+        Cmd::IdleClients {
+            spec,
+            server,
+            first,
+            count,
+            parallel,
+            rate,
+            close_rate,
+        } => {
+            return idle::client_child(idle::ChildArgs {
+                spec: serde_json::from_str(&spec).context("--spec")?,
+                info: serde_json::from_str(&server).context("--server")?,
+                first,
+                count,
+                parallel,
+                rate,
+                close_rate,
+            })
+            .await;
         }
         Cmd::Scale(a) => return scale(a).await,
         Cmd::Chart(a) => return chart_cmd(a).await,
@@ -425,8 +475,8 @@ fn print_table(spec: &RunSpec, rows: &[RunResult]) {
     );
     println!();
     if spec.scenario == Scenario::IdleSessions {
-        println!("| peer | transport | sessions | server B/session | client B/session | server RSS MiB | XTMP advantage | note |");
-        println!("|---|---|---:|---:|---:|---:|---:|---|");
+        println!("| peer | transport | sessions | alive | server B/session | client B/session | server RSS MiB | server idle CPU % | XTMP advantage | note |");
+        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
         let x = rows.iter().find(|r| r.peer == "xtmp");
         for r in rows {
             let ratio = x
@@ -437,7 +487,7 @@ fn print_table(spec: &RunSpec, rows: &[RunResult]) {
                 .map(|v| format!("{v:.2}×"))
                 .unwrap_or_default();
             println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.peer,
                 r.transport,
                 if r.is_ok() {
@@ -445,12 +495,19 @@ fn print_table(spec: &RunSpec, rows: &[RunResult]) {
                 } else {
                     "-".into()
                 },
+                opt(r.sessions_alive.map(|v| v as f64), |v| format!("{v:.0}")),
                 opt(r.server_bytes_per_session, |v| format!("{v:.0}")),
                 opt(r.client_bytes_per_session, |v| format!("{v:.0}")),
                 opt(r.server_rss_mib, |v| format!("{v:.1}")),
+                opt(r.server_idle_cpu_pct, |v| format!("{v:.1}")),
                 ratio,
                 note(r)
             );
+        }
+        if let Some(x) = x.filter(|x| x.is_ok()) {
+            for line in targets(spec, x) {
+                println!("target: {line}");
+            }
         }
         return;
     }
@@ -641,6 +698,13 @@ fn targets(spec: &RunSpec, x: &RunResult) -> Vec<String> {
                     mark(b <= 4096.0)
                 ));
             }
+            if spec.concurrency >= 100_000 {
+                let alive = x.sessions_alive.unwrap_or(x.ops);
+                v.push(format!(
+                    "100,000 idle sessions held: {alive} alive after the hold — {}",
+                    mark(alive >= 100_000)
+                ));
+            }
         }
     }
     v
@@ -706,6 +770,10 @@ async fn scale(a: ScaleArgs) -> Result<()> {
                 sep.push_str("---:|---:|---:|");
             }
         }
+        if scenario == Scenario::IdleSessions {
+            head.push_str(" xtmp alive | xtmp server idle CPU % |");
+            sep.push_str("---:|---:|");
+        }
         head.push_str(" XTMP/rustls | load |");
         sep.push_str("---:|---|");
         println!("{head}");
@@ -764,6 +832,16 @@ async fn scale(a: ScaleArgs) -> Result<()> {
             }
         }
         let x = rows.iter().find(|r| r.peer == "xtmp");
+        if scenario == Scenario::IdleSessions {
+            line.push_str(&format!(
+                " {} | {} |",
+                opt(
+                    x.and_then(|x| x.sessions_alive).map(|v| v as f64),
+                    |v| format!("{v:.0}")
+                ),
+                opt(x.and_then(|x| x.server_idle_cpu_pct), |v| format!("{v:.1}"))
+            ));
+        }
         let ratio = x
             .and_then(|x| x.ratios.get("ratio_vs_rustls"))
             .map(|v| format!("{v:.2}×"))

@@ -237,6 +237,7 @@ fn proc_stats_of(pid: u32) -> Option<ServerStats> {
         },
         connections: 0,
         dropped: 0,
+        key_rotations: 0,
     })
 }
 
@@ -305,6 +306,18 @@ pub struct RunResult {
     /// idle-sessions: client memory per session (bytes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_bytes_per_session: Option<f64>,
+    /// idle-sessions: server CPU while the sessions were held idle, percent of one core.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_idle_cpu_pct: Option<f64>,
+    /// idle-sessions: sessions that answered a ping after the hold (XTMP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sessions_alive: Option<u64>,
+    /// idle-sessions: sessions opened per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_rate: Option<f64>,
+    /// idle-sessions: client processes the sessions were spread over (XTMP over UDP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_processes: Option<usize>,
     /// Load average when the row was measured.
     pub load_avg: String,
     /// XTMP rows: `ratio_vs_<peer>` (XTMP throughput / peer throughput; idle-sessions:
@@ -429,7 +442,7 @@ pub async fn run(peer: Peer, spec: &RunSpec, mode: &ServerMode) -> RunResult {
     r
 }
 
-async fn open_conns(
+pub(crate) async fn open_conns(
     ctx: &Arc<Ctx>,
     n: usize,
     wallets: &Arc<Vec<Arc<xtmp_services::SigningKey>>>,
@@ -470,7 +483,7 @@ async fn measure(
         res.note = Some("in-process server: CPU and memory are the whole process's".into());
     }
     if spec.scenario == Scenario::IdleSessions {
-        return idle_sessions(ctx, spec, server, res).await;
+        return crate::idle::idle_sessions(ctx, spec, server, res).await;
     }
     let needs_wallets = matches!(spec.scenario, Scenario::WalletAuth | Scenario::BundleSubmit);
     let wallets = Arc::new(if needs_wallets {
@@ -627,128 +640,6 @@ async fn measure(
         }
     }
     Ok(res)
-}
-
-async fn idle_sessions(
-    ctx: Arc<Ctx>,
-    spec: &RunSpec,
-    server: &mut ServerProc,
-    mut res: RunResult,
-) -> Result<RunResult> {
-    let n = spec.concurrency;
-    let limit = stats::raise_nofile_limit();
-    let in_proc = matches!(server, ServerProc::InProc { .. });
-    let per_conn_fds = match ctx.peer {
-        Peer::Quinn => 0,
-        _ => 1,
-    };
-    let server_fds = if ctx.peer == Peer::Quinn { 0 } else { n };
-    let client_fds = per_conn_fds * n;
-    let needed = if in_proc {
-        server_fds + client_fds
-    } else {
-        server_fds.max(client_fds)
-    };
-    if needed + 256 > limit as usize {
-        return Ok(RunResult {
-            status: "skipped".into(),
-            note: Some(format!(
-                "not run: {n} sessions need about {needed} file descriptors in one process, \
-                 over this machine's per-process limit of {limit} (no CAP_SYS_RESOURCE to raise it); \
-                 a TCP server holds one descriptor per session, so more client processes would not help"
-            )),
-            ..res
-        });
-    }
-    let empty = Arc::new(Vec::new());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let s0 = server.stats().await;
-    let c0 = ProcStats::now();
-    let t = Instant::now();
-    let conns = open_conns_idle(&ctx, n, &empty).await?;
-    let setup = t.elapsed();
-    // Wait until the server holds them all (an external server's count is unknown).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut s1 = match server {
-        ServerProc::External { .. } => None,
-        _ => server.stats().await,
-    };
-    while let Some(s) = s1 {
-        if (s.connections as usize) >= n || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        s1 = server.stats().await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let s1 = server.stats().await;
-    let c1 = ProcStats::now();
-    let held: usize = conns
-        .iter()
-        .map(|c| match c {
-            Conn::Quic(v) => v.len(),
-            _ => 1,
-        })
-        .sum();
-    res.duration_s = setup.as_secs_f64();
-    res.ops = held as u64;
-    res.throughput = held as f64;
-    res.client_peak_rss_mib = c1.peak_rss_kib as f64 / 1024.0;
-    res.client_bytes_per_session =
-        Some(c1.rss_kib.saturating_sub(c0.rss_kib) as f64 * 1024.0 / n.max(1) as f64);
-    if let (Some(a), Some(b)) = (s0, s1) {
-        res.server_bytes_per_session =
-            Some(b.proc.rss_kib.saturating_sub(a.proc.rss_kib) as f64 * 1024.0 / n.max(1) as f64);
-        res.server_rss_mib = Some(b.proc.rss_kib as f64 / 1024.0);
-        res.server_peak_rss_mib = Some(b.proc.peak_rss_kib as f64 / 1024.0);
-        res.server_cpu_s = Some(b.proc.cpu_us().saturating_sub(a.proc.cpu_us()) as f64 / 1e6);
-        if (b.connections as usize) < n && !matches!(server, ServerProc::External { .. }) {
-            res.note = Some(format!(
-                "the server reported {} open sessions of {n}",
-                b.connections
-            ));
-        }
-    }
-    let note = format!(
-        "opened {n} sessions in {:.1} s ({:.0}/s)",
-        setup.as_secs_f64(),
-        n as f64 / setup.as_secs_f64().max(1e-9)
-    );
-    res.note = Some(match res.note.take() {
-        Some(x) => format!("{x}; {note}"),
-        None => note,
-    });
-    // Dropping closes them (XTMP clients stop their tasks when dropped).
-    drop(conns);
-    Ok(res)
-}
-
-async fn open_conns_idle(
-    ctx: &Arc<Ctx>,
-    n: usize,
-    wallets: &Arc<Vec<Arc<xtmp_services::SigningKey>>>,
-) -> Result<Vec<Conn>> {
-    if ctx.peer == Peer::Quinn {
-        // Idle QUIC connections without a stream.
-        let mut set = JoinSet::new();
-        let mut out = Vec::with_capacity(n);
-        let mut next = 0usize;
-        let mut holders = Vec::with_capacity(n);
-        loop {
-            while set.len() < 64 && next < n {
-                let ctx = ctx.clone();
-                set.spawn(async move { ctx.quic().await });
-                next += 1;
-            }
-            match set.join_next().await {
-                None => break,
-                Some(j) => holders.push(j.map_err(|e| anyhow!("connect task: {e}"))??),
-            }
-        }
-        out.push(Conn::Quic(holders));
-        return Ok(out);
-    }
-    open_conns(ctx, n, wallets).await
 }
 
 /// Fills the `ratio_vs_<peer>` fields of the XTMP row from the other rows.

@@ -35,6 +35,8 @@ use crate::{tls, wallet};
 pub const ECHO_TYPE: MessageType = MessageType::WalletBalance;
 /// Message type the XTMP bench server discards (bulk).
 pub const SINK_TYPE: MessageType = MessageType::RegistryStamp;
+/// `session_timeout` of the XTMP bench server in the idle-sessions scenario (24 h).
+pub const IDLE_SESSION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// How to reach a server.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,6 +69,9 @@ pub struct ServerStats {
     pub connections: u64,
     /// Push messages dropped (XTMP drop-oldest).
     pub dropped: u64,
+    /// XTMP: session key rotations completed so far.
+    #[serde(default)]
+    pub key_rotations: u64,
 }
 
 /// Counters kept by the peer servers.
@@ -100,17 +105,22 @@ pub struct Running {
 impl Running {
     /// Current counters.
     pub fn stats(&self) -> ServerStats {
-        let (connections, dropped) = match &self.xtmp {
+        let (connections, dropped, key_rotations) = match &self.xtmp {
             Some(h) => {
                 let s = h.status();
-                (s.sessions_active, s.stream_messages_dropped)
+                (
+                    s.sessions_active,
+                    s.stream_messages_dropped,
+                    s.key_rotations,
+                )
             }
-            None => (self.counters.connections.load(Ordering::Relaxed), 0),
+            None => (self.counters.connections.load(Ordering::Relaxed), 0, 0),
         };
         ServerStats {
             proc: ProcStats::now(),
             connections,
             dropped,
+            key_rotations,
         }
     }
 
@@ -236,6 +246,12 @@ async fn start_xtmp(spec: &RunSpec, counters: Arc<Counters>) -> Result<Running> 
     o.max_connections = 1_000_000;
     o.handshakes_per_second_per_ip = 0;
     o.enable_compression = false;
+    if spec.scenario == Scenario::IdleSessions {
+        // Sessions without application messages are closed after `session_timeout`
+        // (default 3600 s); opening 100,000 sessions and holding them must not come near
+        // it. Heartbeats, key rotation and every other option keep their defaults.
+        o.session_timeout = IDLE_SESSION_TIMEOUT;
+    }
     match spec.transport {
         Transport::Tcp => {}
         Transport::Udp | Transport::Hybrid => o.udp_bind_address = Some("127.0.0.1:0".parse()?),

@@ -30,10 +30,11 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use aws_lc_rs::digest;
 use aws_lc_rs::signature::{
-    KeyPair, PqdsaKeyPair, UnparsedPublicKey, ML_DSA_65, ML_DSA_65_SIGNING,
+    KeyPair, ParsedPublicKey, PqdsaKeyPair, UnparsedPublicKey, ML_DSA_65, ML_DSA_65_SIGNING,
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroizing;
@@ -108,7 +109,7 @@ impl Address {
 
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{ADDRESS_PREFIX}{}", hex::encode(self.0))
+        write!(f, "{ADDRESS_PREFIX}{}", crate::encoding::Hex32(self.0))
     }
 }
 
@@ -131,27 +132,44 @@ impl FromStr for Address {
             return Err(bad());
         }
         let mut out = [0u8; 32];
-        hex::decode_to_slice(rest, &mut out).map_err(|_| bad())?;
+        crate::encoding::decode_to_slice(rest.as_bytes(), &mut out).map_err(|_| bad())?;
         Ok(Address(out))
     }
 }
 
 impl Serialize for Address {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
+        s.collect_str(self)
     }
 }
 
 impl<'de> Deserialize<'de> for Address {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        d.deserialize_str(crate::encoding::StrVisitor(
+            |s: &str| s.parse::<Address>(),
+            "an address: \"xw\" and 64 lowercase hex digits",
+        ))
     }
 }
 
 /// A validated ML-DSA-65 public key (exactly [`PUBLIC_KEY_LEN`] bytes).
-#[derive(Clone, PartialEq, Eq)]
-pub struct PublicKey(Vec<u8>);
+///
+/// The key is parsed into aws-lc's form on its first verification and kept, so a key that
+/// verifies many signatures (a cached wallet key, the server's own key) is parsed once.
+#[derive(Clone)]
+pub struct PublicKey {
+    bytes: Vec<u8>,
+    /// `None` inside: aws-lc refused the encoding (every verification then fails).
+    parsed: OnceLock<Option<ParsedPublicKey>>,
+}
+
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for PublicKey {}
 
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -171,17 +189,20 @@ impl PublicKey {
                 bytes.len()
             )));
         }
-        Ok(PublicKey(bytes.to_vec()))
+        Ok(PublicKey {
+            bytes: bytes.to_vec(),
+            parsed: OnceLock::new(),
+        })
     }
 
     /// The encoded key.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        &self.bytes
     }
 
     /// The key's id: SHA-256 of the encoded key.
     pub fn key_id(&self) -> [u8; 32] {
-        sha256(&[&self.0])
+        sha256(&[&self.bytes])
     }
 
     /// Verifies an ML-DSA-65 signature over `message`.
@@ -192,9 +213,15 @@ impl PublicKey {
         if signature.len() != SIGNATURE_LEN {
             return Err(AppError::BadSignature);
         }
-        UnparsedPublicKey::new(&ML_DSA_65, &self.0)
-            .verify(message, signature)
-            .map_err(|_| AppError::BadSignature)
+        let parsed = self
+            .parsed
+            .get_or_init(|| UnparsedPublicKey::new(&ML_DSA_65, &self.bytes).parse().ok());
+        match parsed {
+            Some(k) => k
+                .verify_sig(message, signature)
+                .map_err(|_| AppError::BadSignature),
+            None => Err(AppError::BadSignature),
+        }
     }
 }
 

@@ -1,9 +1,158 @@
-//! Hex-encoded byte types used in the JSON payloads.
+//! Hex-encoded byte types used in the JSON payloads, and the hex codec behind them.
+//!
+//! The codec is table-driven and decodes straight from the borrowed JSON string into the
+//! output buffer: a 3,309-byte ML-DSA-65 signature (6,618 hex digits) is the largest field
+//! of the hot requests (`WalletAuth`, `WalletTransaction`, `BundleSubmit`), and the `hex`
+//! crate's iterator-based decoder behind serde's owned-`String` path cost more server CPU
+//! than the signature verification itself.
 
 use std::fmt;
 use std::str::FromStr;
 
+use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Marks an invalid digit in [`DECODE`].
+const BAD: u8 = 0x80;
+
+/// Hex digit value of every byte (`BAD` for a non-digit); both cases are accepted.
+const DECODE: [u8; 256] = {
+    let mut t = [BAD; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The two lowercase hex digits of every byte.
+const ENCODE: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [DIGITS[i >> 4], DIGITS[i & 15]];
+        i += 1;
+    }
+    t
+};
+
+/// Decodes the hex digits `src` (either case) into `out`, which must be exactly half as
+/// long.
+///
+/// # Errors
+/// [`HexError`] naming the length mismatch or the first invalid character and its
+/// position.
+pub fn decode_to_slice(src: &[u8], out: &mut [u8]) -> Result<(), HexError> {
+    if !src.len().is_multiple_of(2) {
+        return Err(HexError("bad hex: odd number of digits".into()));
+    }
+    if src.len() / 2 != out.len() {
+        return Err(HexError(format!(
+            "expected {} hex digits, got {}",
+            out.len() * 2,
+            src.len()
+        )));
+    }
+    // Eight digits at a time as one u64 (SWAR), the tail through the table; branch-free,
+    // the validity of every digit is collected and checked once at the end.
+    let mut valid = true;
+    let wide = src.len() / 16 * 16;
+    let (src_wide, src_tail) = src.split_at(wide);
+    let (out_wide, out_tail) = out.split_at_mut(wide / 2);
+    for (c, o) in src_wide.chunks_exact(8).zip(out_wide.chunks_exact_mut(4)) {
+        let x = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        let (ok, four) = decode8(x);
+        valid &= ok;
+        o.copy_from_slice(&four);
+    }
+    let mut bad = 0u8;
+    for (pair, o) in src_tail.chunks_exact(2).zip(out_tail.iter_mut()) {
+        let hi = DECODE[usize::from(pair[0])];
+        let lo = DECODE[usize::from(pair[1])];
+        bad |= hi | lo;
+        *o = (hi << 4) | (lo & 0x0f);
+    }
+    if !valid || bad & BAD != 0 {
+        return Err(invalid_char(src));
+    }
+    Ok(())
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of every byte of `x` that lies in `lo..=hi` (all bytes of `x` below 0x80).
+const fn in_range(x: u64, lo: u8, hi: u8) -> u64 {
+    let at_least_lo = x.wrapping_add(ONES * (0x80 - lo as u64));
+    let above_hi = x.wrapping_add(ONES * (0x7f - hi as u64));
+    at_least_lo & !above_hi & HIGH
+}
+
+/// Eight hex digits (little-endian in `x`: the first digit in the low byte) → whether all
+/// are valid, and the four bytes.
+fn decode8(x: u64) -> (bool, [u8; 4]) {
+    let ascii = x & HIGH == 0;
+    // With every byte below 0x80 the additions in `in_range` never carry across bytes.
+    let digit = in_range(x, b'0', b'9');
+    let letter = in_range(x | (ONES * 0x20), b'a', b'f');
+    let ok = ascii && (digit | letter) == HIGH;
+    // '0'..'9' → low nibble; 'a'..'f' / 'A'..'F' → low nibble (1..6) + 9.
+    let v = (x & (ONES * 0x0f)) + (letter >> 7) * 9;
+    // Byte 2k of `w` is (digit 2k << 4) | digit 2k+1.
+    let w = (v << 4) | (v >> 8);
+    let b = w.to_le_bytes();
+    (ok, [b[0], b[2], b[4], b[6]])
+}
+
+/// Decodes hex digits (either case) into a new vector.
+///
+/// # Errors
+/// [`HexError`] for an odd length or an invalid character.
+pub fn decode(src: &[u8]) -> Result<Vec<u8>, HexError> {
+    if !src.len().is_multiple_of(2) {
+        return Err(HexError("bad hex: odd number of digits".into()));
+    }
+    let mut out = vec![0u8; src.len() / 2];
+    decode_to_slice(src, &mut out)?;
+    Ok(out)
+}
+
+#[cold]
+fn invalid_char(src: &[u8]) -> HexError {
+    let pos = src
+        .iter()
+        .position(|&b| DECODE[usize::from(b)] == BAD)
+        .unwrap_or(0);
+    // `src` comes from a `&str` in every caller, but it may hold multi-byte characters:
+    // name the byte, not a character that might be cut in half.
+    let b = src.get(pos).copied().unwrap_or(0);
+    if b.is_ascii_graphic() {
+        HexError(format!(
+            "bad hex: invalid character {:?} at position {pos}",
+            char::from(b)
+        ))
+    } else {
+        HexError(format!("bad hex: invalid byte 0x{b:02x} at position {pos}"))
+    }
+}
+
+/// The lowercase hex digits of `bytes`.
+pub fn encode(bytes: &[u8]) -> String {
+    let mut buf = vec![0u8; bytes.len() * 2];
+    for (o, &b) in buf.chunks_exact_mut(2).zip(bytes) {
+        o.copy_from_slice(&ENCODE[usize::from(b)]);
+    }
+    // Only ASCII digits were written, so this never fails.
+    String::from_utf8(buf).unwrap_or_default()
+}
 
 /// 32 bytes, written in JSON as 64 lowercase hex digits (ids, digests, fingerprints).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -18,7 +167,11 @@ impl Hex32 {
 
 impl fmt::Display for Hex32 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
+        let mut buf = [0u8; 64];
+        for (o, b) in buf.chunks_exact_mut(2).zip(self.0) {
+            o.copy_from_slice(&ENCODE[usize::from(b)]);
+        }
+        f.write_str(std::str::from_utf8(&buf).unwrap_or_default())
     }
 }
 
@@ -43,7 +196,7 @@ impl FromStr for Hex32 {
             )));
         }
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out).map_err(|e| HexError(format!("bad hex: {e}")))?;
+        decode_to_slice(s.as_bytes(), &mut out)?;
         Ok(Hex32(out))
     }
 }
@@ -56,14 +209,31 @@ impl From<[u8; 32]> for Hex32 {
 
 impl Serialize for Hex32 {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
+        s.collect_str(self)
+    }
+}
+
+/// Hands a JSON string to the parser `.0` without copying it into a `String` first (serde
+/// passes a borrowed or transient `&str`); `.1` says what was expected.
+pub(crate) struct StrVisitor<F>(pub F, pub &'static str);
+
+impl<'de, T, Er, F> Visitor<'de> for StrVisitor<F>
+where
+    Er: fmt::Display,
+    F: FnOnce(&str) -> Result<T, Er>,
+{
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.1)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        (self.0)(v).map_err(E::custom)
     }
 }
 
 impl<'de> Deserialize<'de> for Hex32 {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        d.deserialize_str(StrVisitor(|s: &str| s.parse(), "64 hex digits"))
     }
 }
 
@@ -81,12 +251,12 @@ impl HexBytes {
 impl fmt::Debug for HexBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.0.len() <= 32 {
-            write!(f, "HexBytes({})", hex::encode(&self.0))
+            write!(f, "HexBytes({})", encode(&self.0))
         } else {
             write!(
                 f,
                 "HexBytes({}.., {} bytes)",
-                hex::encode(&self.0[..16]),
+                encode(&self.0[..16]),
                 self.0.len()
             )
         }
@@ -101,16 +271,16 @@ impl From<Vec<u8>> for HexBytes {
 
 impl Serialize for HexBytes {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(&self.0))
+        s.serialize_str(&encode(&self.0))
     }
 }
 
 impl<'de> Deserialize<'de> for HexBytes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        hex::decode(s.as_bytes())
-            .map(HexBytes)
-            .map_err(|e| serde::de::Error::custom(format!("bad hex: {e}")))
+        d.deserialize_str(StrVisitor(
+            |s: &str| decode(s.as_bytes()).map(HexBytes),
+            "hex digits",
+        ))
     }
 }
 
@@ -131,5 +301,69 @@ mod tests {
         assert!(serde_json::from_str::<HexBytes>("\"0\"").is_err());
         // Multi-byte UTF-8 must not panic.
         assert!(serde_json::from_str::<Hex32>(&format!("\"{}\"", "é".repeat(32))).is_err());
+    }
+
+    #[test]
+    fn codec_matches_the_hex_crate() {
+        let mut x: u32 = 0x1234_5678;
+        let bytes: Vec<u8> = (0..3309)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        let all: Vec<u8> = (0..=255).collect();
+        for b in [&bytes[..], &all[..], &[][..]] {
+            let h = encode(b);
+            assert_eq!(h, hex::encode(b));
+            assert_eq!(decode(h.as_bytes()).unwrap(), b);
+            assert_eq!(decode(h.to_uppercase().as_bytes()).unwrap(), b);
+            let json = serde_json::to_string(&HexBytes(b.to_vec())).unwrap();
+            assert_eq!(json, format!("\"{h}\""));
+            assert_eq!(serde_json::from_str::<HexBytes>(&json).unwrap().0, b);
+        }
+        let h = Hex32(bytes[..32].try_into().unwrap());
+        assert_eq!(h.to_string(), hex::encode(&bytes[..32]));
+    }
+
+    #[test]
+    fn decode_errors_name_the_problem() {
+        assert_eq!(
+            decode(b"abc").unwrap_err().0,
+            "bad hex: odd number of digits"
+        );
+        assert_eq!(
+            decode(b"00zz").unwrap_err().0,
+            "bad hex: invalid character 'z' at position 2"
+        );
+        assert_eq!(
+            decode("0é0".as_bytes()).unwrap_err().0,
+            "bad hex: invalid byte 0xc3 at position 1"
+        );
+        assert_eq!(
+            decode(b"0 ").unwrap_err().0,
+            "bad hex: invalid byte 0x20 at position 1"
+        );
+        let mut out = [0u8; 2];
+        assert!(decode_to_slice(b"001122", &mut out).is_err());
+        assert!(decode_to_slice(b"0g11", &mut out).is_err());
+        decode_to_slice(b"0A1b", &mut out).unwrap();
+        assert_eq!(out, [0x0a, 0x1b]);
+        // Every single non-digit byte is refused wherever it is.
+        for b in 0..=255u8 {
+            let ok = b.is_ascii_hexdigit();
+            assert_eq!(decode(&[b, b'0']).is_ok(), ok, "{b}");
+            assert_eq!(decode(&[b'0', b]).is_ok(), ok, "{b}");
+        }
+        // Through serde: not a string, or escapes that decode to hex digits.
+        assert!(serde_json::from_str::<HexBytes>("17").is_err());
+        assert_eq!(
+            serde_json::from_str::<HexBytes>("\"\\u0030a\"").unwrap().0,
+            vec![0x0a]
+        );
+        let e = serde_json::from_str::<HexBytes>("\"0x\"").unwrap_err();
+        assert!(e.to_string().contains("bad hex"), "{e}");
     }
 }

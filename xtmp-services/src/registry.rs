@@ -17,7 +17,6 @@ use crate::types::{
     RegistryEntry, RegistryQueryRequest, RegistryQueryResponse, RegistryStampRequest,
     RegistryUpdateRequest, RegistryUpdateResponse, StampReceipt,
 };
-use crate::wallet::public_key;
 
 /// Longest registry key in bytes.
 pub const MAX_KEY_LEN: usize = 256;
@@ -152,7 +151,8 @@ impl Services {
                 self.config.max_registry_value()
             )));
         }
-        let pk = public_key(&*self.read()?, &req.owner)?
+        let pk = self
+            .wallet_key(&req.owner)?
             .ok_or_else(|| AppError::WalletNotFound(req.owner.to_string()))?;
         let msg = message::registry_update(&req.key, req.expected_version, &req.owner, &req.value);
         pk.verify(&msg, req.signature.as_slice())?;

@@ -3,10 +3,14 @@
 //! [`register_all`] registers a handler for every application message type:
 //!
 //! * Request types (`Wallet*`, `Bundle*`, `Registry*`, `QLOCKRequest`, `TLSLSRequest`) run
-//!   [`Services::handle`] on the blocking pool (it may wait for a durable commit) with the
-//!   request context's session id and client key, and answer with the JSON response
-//!   (`QLOCKResponse` / `TLSLSResponse` / `Response`, chosen by the router) or an `Error`
-//!   with the application code and reason.
+//!   [`Services::handle`] with the request context's session id and client key, and answer
+//!   with the JSON response (`QLOCKResponse` / `TLSLSResponse` / `Response`, chosen by the
+//!   router) or an `Error` with the application code and reason. Requests of at most
+//!   [`INLINE_MAX_PAYLOAD`] bytes of the hot types avoid a thread hand-off:
+//!   `WalletAuth`, `WalletBalance` and `BundleStatus` (no store write) run on the worker
+//!   thread, `WalletTransaction` and `BundleSubmit` run their checks there and await the
+//!   store's durable commit ([`Services::handle_async`]). Everything else, and larger
+//!   payloads, run on the blocking pool (they may wait for a durable commit).
 //! * `LiveUpdates`, `EventStream` and `MetricsStream` are subscriptions: the response is a
 //!   [`SubscribeResponse`], then `STREAMING` pushes follow on the subscribe request's
 //!   stream id until the session ends. Live updates and events are
@@ -144,6 +148,38 @@ impl Glue {
     }
 }
 
+/// Largest request payload handled on the runtime's worker thread (below): bounds the
+/// JSON parsing and the signature verifications done there (a one-transfer bundle or a
+/// wallet-auth answer is about 6.8 KB, a 2-transfer bundle 13.6 KB).
+pub const INLINE_MAX_PAYLOAD: usize = 16 * 1024;
+
+/// Where a request runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// On the worker thread: no store write, at most a couple of signature verifications
+    /// (~50 µs each), no waiting.
+    Inline,
+    /// Checks on the worker thread, then the durable commit is awaited (not blocked on).
+    AwaitCommit,
+    /// On the blocking pool: the operation may wait for a commit, or is large.
+    Blocking,
+}
+
+impl Placement {
+    fn of(t: MessageType, payload_len: usize) -> Self {
+        if payload_len > INLINE_MAX_PAYLOAD {
+            return Placement::Blocking;
+        }
+        match t {
+            MessageType::WalletAuth | MessageType::WalletBalance | MessageType::BundleStatus => {
+                Placement::Inline
+            }
+            MessageType::WalletTransaction | MessageType::BundleSubmit => Placement::AwaitCommit,
+            _ => Placement::Blocking,
+        }
+    }
+}
+
 async fn handle_request(
     glue: Arc<Glue>,
     ctx: RequestContext,
@@ -154,9 +190,15 @@ async fn handle_request(
     let svc = glue.services.clone();
     let t = req.message_type;
     let now = now_ms();
-    let out = tokio::task::spawn_blocking(move || svc.handle(&caller, t, &req.payload, now))
-        .await
-        .map_err(|_| HandlerError::new(codes::INTERNAL, "internal error"))?;
+    let out = match Placement::of(t, req.payload.len()) {
+        Placement::Inline => svc.handle(&caller, t, &req.payload, now),
+        Placement::AwaitCommit => svc.handle_async(&caller, t, &req.payload, now).await,
+        Placement::Blocking => {
+            tokio::task::spawn_blocking(move || svc.handle(&caller, t, &req.payload, now))
+                .await
+                .map_err(|_| HandlerError::new(codes::INTERNAL, "internal error"))?
+        }
+    };
     match out {
         Ok(body) => {
             // Session-bound state was (maybe) created: free it when the session ends.
@@ -330,4 +372,40 @@ pub fn register_all(router: &mut XTMPMessageRouter, services: Arc<Services>) {
             }
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_keeps_big_or_blocking_work_off_the_workers() {
+        use MessageType as T;
+        let small = 7_000;
+        for t in [T::WalletAuth, T::WalletBalance, T::BundleStatus] {
+            assert_eq!(Placement::of(t, small), Placement::Inline, "{t}");
+        }
+        for t in [T::WalletTransaction, T::BundleSubmit] {
+            assert_eq!(Placement::of(t, small), Placement::AwaitCommit, "{t}");
+        }
+        for &t in REQUEST_TYPES {
+            assert_eq!(
+                Placement::of(t, INLINE_MAX_PAYLOAD + 1),
+                Placement::Blocking,
+                "{t}"
+            );
+        }
+        for t in [
+            T::WalletRegister,
+            T::BundleConfirm,
+            T::BundleSync,
+            T::RegistryQuery,
+            T::RegistryUpdate,
+            T::RegistryStamp,
+            T::QLOCKRequest,
+            T::TLSLSRequest,
+        ] {
+            assert_eq!(Placement::of(t, 10), Placement::Blocking, "{t}");
+        }
+    }
 }

@@ -68,6 +68,10 @@ pub(crate) struct SessionState {
     pub challenge: Option<Challenge>,
 }
 
+/// Most wallet keys [`Services`] keeps parsed in memory (a parsed ML-DSA-65 key is about
+/// 4 KiB with aws-lc's copy).
+const KEY_CACHE_MAX: usize = 4096;
+
 /// Per-operation request and error counters.
 #[derive(Debug, Default)]
 struct OpCounter {
@@ -131,8 +135,10 @@ pub struct MetricsSnapshot {
 /// a [`Store`].
 ///
 /// Every method is synchronous and may block on storage (a durable commit); call it from
-/// a blocking context (`tokio::task::spawn_blocking`). Methods that depend on time take
-/// `now_ms` (milliseconds since the Unix epoch) and never read a clock.
+/// a blocking context (`tokio::task::spawn_blocking`), or use [`Services::handle_async`],
+/// which awaits the commit of `WalletTransaction` and `BundleSubmit` instead of blocking.
+/// Methods that depend on time take `now_ms` (milliseconds since the Unix epoch) and
+/// never read a clock.
 pub struct Services {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) config: ServicesConfig,
@@ -140,6 +146,8 @@ pub struct Services {
     pub(crate) signer_id: [u8; 32],
     pub(crate) mint_authority: Option<Address>,
     pub(crate) sessions: Mutex<HashMap<SessionId, SessionState>>,
+    /// Registered wallet keys, parsed (keys never change once registered).
+    keys: Mutex<HashMap<Address, Arc<PublicKey>>>,
     pub(crate) locks: Mutex<LockTable>,
     pub(crate) bus: Arc<EventBus>,
     counters: Vec<OpCounter>,
@@ -200,6 +208,7 @@ impl Services {
             locks: Mutex::new(LockTable::new(fencing_hwm)),
             bus: Arc::new(EventBus::new(config.event_capacity())),
             sessions: Mutex::new(HashMap::new()),
+            keys: Mutex::new(HashMap::new()),
             counters: OPS.iter().map(|_| OpCounter::default()).collect(),
             signer: Arc::new(signer),
             signer_id,
@@ -298,6 +307,28 @@ impl Services {
         });
     }
 
+    /// The registered public key of `address` (`None`: not registered), from the cache of
+    /// parsed keys or else the store. Only durable keys are cached, and a registered key
+    /// never changes, so the cache needs no invalidation.
+    pub(crate) fn wallet_key(&self, address: &Address) -> Result<Option<Arc<PublicKey>>, AppError> {
+        if let Some(k) = lock(&self.keys).get(address) {
+            return Ok(Some(k.clone()));
+        }
+        let Some(pk) = crate::wallet::public_key(&*self.read()?, address)? else {
+            return Ok(None);
+        };
+        let pk = Arc::new(pk);
+        let mut cache = lock(&self.keys);
+        if cache.len() >= KEY_CACHE_MAX {
+            // Evict an arbitrary entry: cheap, and a miss only costs a store read.
+            if let Some(old) = cache.keys().next().copied() {
+                cache.remove(&old);
+            }
+        }
+        cache.insert(*address, pk.clone());
+        Ok(Some(pk))
+    }
+
     /// The wallet bound to `session`, if any.
     pub fn session_wallet(&self, session: SessionId) -> Option<Address> {
         lock(&self.sessions).get(&session).and_then(|s| s.wallet)
@@ -319,34 +350,8 @@ impl Services {
         R: Send + 'static,
         F: FnOnce(&mut dyn WriteTx) -> Result<R, AppError> + Send + 'static,
     {
-        let slot: Arc<Mutex<Option<Result<R, AppError>>>> = Arc::new(Mutex::new(None));
-        let out = slot.clone();
-        let op: WriteOp = Box::new(move |tx| {
-            let r = f(tx);
-            let outcome = if r.is_ok() {
-                Outcome::Commit
-            } else {
-                Outcome::Discard
-            };
-            *lock(&out) = Some(r);
-            outcome
-        });
-        match self.store.write(op) {
-            Ok(()) => {}
-            Err(StoreError::OpPanicked) => {
-                return Err(AppError::Internal("write operation panicked".into()))
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "store write failed");
-                return Err(AppError::Storage(e.to_string()));
-            }
-        }
-        let r = lock(&slot).take();
-        r.unwrap_or_else(|| {
-            Err(AppError::Internal(
-                "write operation produced no result".into(),
-            ))
-        })
+        let (op, slot) = write_op(f);
+        write_result(self.store.write(op), &slot)
     }
 
     /// Like [`Services::write`] for an operation that also yields change notifications:
@@ -356,23 +361,72 @@ impl Services {
         R: Send + 'static,
         F: FnOnce(&mut dyn WriteTx) -> Result<(R, Vec<Event>), AppError> + Send + 'static,
     {
+        let (f, mut publish) = self.with_events(f, now_ms);
+        let r = self.write(f);
+        publish.committed = r.is_ok();
+        r
+    }
+
+    /// [`Services::write_ev`] without blocking the calling thread: the operation goes to
+    /// the store's writer and the durable commit is awaited (used by
+    /// [`Services::handle_async`] on the runtime's worker threads).
+    pub(crate) async fn write_ev_async<R, F>(&self, now_ms: u64, f: F) -> Result<R, AppError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut dyn WriteTx) -> Result<(R, Vec<Event>), AppError> + Send + 'static,
+    {
+        let (f, mut publish) = self.with_events(f, now_ms);
+        let (op, slot) = write_op(f);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.store.write_with(
+            op,
+            Box::new(move |r| {
+                // Redeemed here, right after the commit, and not after the await below: a
+                // request dropped while waiting must not hold back the notifications of
+                // later commits.
+                publish.committed = r.is_ok();
+                drop(publish);
+                let _ = tx.send(r);
+            }),
+        );
+        let r = rx.await.unwrap_or(Err(StoreError::Closed));
+        write_result(r, &slot)
+    }
+
+    /// Wraps an operation yielding events: inside the operation (so in commit order) it
+    /// takes a bus ticket and leaves it with the events in the returned [`Publish`], which
+    /// redeems the ticket when dropped.
+    #[allow(clippy::type_complexity)]
+    fn with_events<R, F>(
+        &self,
+        f: F,
+        now_ms: u64,
+    ) -> (
+        impl FnOnce(&mut dyn WriteTx) -> Result<R, AppError> + Send + 'static,
+        Publish,
+    )
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut dyn WriteTx) -> Result<(R, Vec<Event>), AppError> + Send + 'static,
+    {
         let bus = self.bus.clone();
-        type Slot = Arc<Mutex<Option<(Ticket, Vec<Event>)>>>;
-        let ticket: Slot = Arc::new(Mutex::new(None));
+        let ticket: EventSlot = Arc::new(Mutex::new(None));
         let t2 = ticket.clone();
-        let r = self.write(move |tx| {
+        let op = move |tx: &mut dyn WriteTx| {
             let (r, events) = f(tx)?;
             if !events.is_empty() {
                 // Taken inside the operation: tickets follow commit order.
                 *lock(&t2) = Some((bus.ticket(), events));
             }
             Ok(r)
-        });
-        if let Some((t, events)) = lock(&ticket).take() {
-            let events = if r.is_ok() { events } else { Vec::new() };
-            self.bus.publish_ticket(t, now_ms, events);
-        }
-        r
+        };
+        let publish = Publish {
+            bus: self.bus.clone(),
+            ticket,
+            now_ms,
+            committed: false,
+        };
+        (op, publish)
     }
 
     /// A snapshot of the durable state.
@@ -467,15 +521,49 @@ impl Services {
         payload: &[u8],
         now_ms: u64,
     ) -> Result<Vec<u8>, AppError> {
-        let idx = OPS.iter().position(|(t, _)| *t == message_type);
         let r = self.dispatch(caller, message_type, payload, now_ms);
+        self.count(message_type, r.is_err());
+        r
+    }
+
+    /// [`Services::handle`] for an async caller. `WalletTransaction` and `BundleSubmit` run
+    /// their checks (JSON, signatures) on the calling thread and then **await** the durable
+    /// commit instead of blocking a thread on it; the reply is still sent only after the
+    /// fsync'd commit. Every other type runs [`Services::handle`] as is, which may block on
+    /// a commit: call this only for the two types above unless the caller may block.
+    ///
+    /// # Errors
+    /// As [`Services::handle`].
+    pub async fn handle_async(
+        &self,
+        caller: &Caller,
+        message_type: MessageType,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Result<Vec<u8>, AppError> {
+        let r = match message_type {
+            MessageType::WalletTransaction => match parse(payload) {
+                Ok(req) => json(self.wallet_transaction_async(caller, req, now_ms).await),
+                Err(e) => Err(e),
+            },
+            MessageType::BundleSubmit => match parse(payload) {
+                Ok(req) => json(self.bundle_submit_async(caller, req, now_ms).await),
+                Err(e) => Err(e),
+            },
+            other => return self.handle(caller, other, payload, now_ms),
+        };
+        self.count(message_type, r.is_err());
+        r
+    }
+
+    fn count(&self, message_type: MessageType, failed: bool) {
+        let idx = OPS.iter().position(|(t, _)| *t == message_type);
         if let Some(c) = idx.and_then(|i| self.counters.get(i)) {
             c.requests.fetch_add(1, Ordering::Relaxed);
-            if r.is_err() {
+            if failed {
                 c.errors.fetch_add(1, Ordering::Relaxed);
             }
         }
-        r
     }
 
     fn dispatch(
@@ -504,6 +592,70 @@ impl Services {
             ))),
         }
     }
+}
+
+type EventSlot = Arc<Mutex<Option<(Ticket, Vec<Event>)>>>;
+
+/// Redeems the bus ticket an operation took (if it took one) when dropped: with its events
+/// if `committed`, else with none. Every ticket must be redeemed, or the notifications of
+/// all later commits wait for it; being a drop guard, this also holds when the operation
+/// or its completion is dropped without running.
+struct Publish {
+    bus: Arc<EventBus>,
+    ticket: EventSlot,
+    now_ms: u64,
+    committed: bool,
+}
+
+impl Drop for Publish {
+    fn drop(&mut self) {
+        if let Some((t, events)) = lock(&self.ticket).take() {
+            let events = if self.committed { events } else { Vec::new() };
+            self.bus.publish_ticket(t, self.now_ms, events);
+        }
+    }
+}
+type ResultSlot<R> = Arc<Mutex<Option<Result<R, AppError>>>>;
+
+/// The store operation running `f`, and the slot its result lands in.
+fn write_op<R, F>(f: F) -> (WriteOp, ResultSlot<R>)
+where
+    R: Send + 'static,
+    F: FnOnce(&mut dyn WriteTx) -> Result<R, AppError> + Send + 'static,
+{
+    let slot: ResultSlot<R> = Arc::new(Mutex::new(None));
+    let out = slot.clone();
+    let op: WriteOp = Box::new(move |tx| {
+        let r = f(tx);
+        let outcome = if r.is_ok() {
+            Outcome::Commit
+        } else {
+            Outcome::Discard
+        };
+        *lock(&out) = Some(r);
+        outcome
+    });
+    (op, slot)
+}
+
+/// The operation's result once the store reported `stored`.
+fn write_result<R>(stored: Result<(), StoreError>, slot: &ResultSlot<R>) -> Result<R, AppError> {
+    match stored {
+        Ok(()) => {}
+        Err(StoreError::OpPanicked) => {
+            return Err(AppError::Internal("write operation panicked".into()))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "store write failed");
+            return Err(AppError::Storage(e.to_string()));
+        }
+    }
+    let r = lock(slot).take();
+    r.unwrap_or_else(|| {
+        Err(AppError::Internal(
+            "write operation produced no result".into(),
+        ))
+    })
 }
 
 /// Parses a JSON request.

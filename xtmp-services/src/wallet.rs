@@ -24,6 +24,19 @@ use crate::types::{
     WalletTransactionResponse,
 };
 
+/// The write operation of a checked `WalletTransaction`.
+type TransactionOp =
+    Box<dyn FnOnce(&mut dyn WriteTx) -> Result<((Account, Account), Vec<Event>), AppError> + Send>;
+
+fn transaction_response(txid: Hex32, from: Account, to: Account) -> WalletTransactionResponse {
+    WalletTransactionResponse {
+        txid,
+        from_balance: from.balance,
+        to_balance: to.balance,
+        next_nonce: from.next_nonce,
+    }
+}
+
 /// Where an applied transaction came from (stored with its id).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Origin {
@@ -189,7 +202,8 @@ impl Services {
                 });
             }
         }
-        let pk = public_key(&*self.read()?, &address)?
+        let pk = self
+            .wallet_key(&address)?
             .ok_or_else(|| AppError::WalletNotFound(address.to_string()))?;
         match (req.challenge, req.signature) {
             (None, None) => {
@@ -300,6 +314,31 @@ impl Services {
         stx: SignedTransaction,
         now_ms: u64,
     ) -> Result<WalletTransactionResponse, AppError> {
+        let (txid, op) = self.wallet_transaction_checked(caller, stx, now_ms)?;
+        let (fa, ta) = self.write_ev(now_ms, op)?;
+        Ok(transaction_response(txid, fa, ta))
+    }
+
+    /// [`Services::wallet_transaction`] that awaits the durable commit instead of blocking.
+    pub(crate) async fn wallet_transaction_async(
+        &self,
+        caller: &Caller,
+        stx: SignedTransaction,
+        now_ms: u64,
+    ) -> Result<WalletTransactionResponse, AppError> {
+        let (txid, op) = self.wallet_transaction_checked(caller, stx, now_ms)?;
+        let (fa, ta) = self.write_ev_async(now_ms, op).await?;
+        Ok(transaction_response(txid, fa, ta))
+    }
+
+    /// The checks of `WalletTransaction` that need no write, and the write operation that
+    /// applies it.
+    fn wallet_transaction_checked(
+        &self,
+        caller: &Caller,
+        stx: SignedTransaction,
+        now_ms: u64,
+    ) -> Result<(Hex32, TransactionOp), AppError> {
         check_stateless(&stx)?;
         let bound = self.require_wallet(caller)?;
         if bound != stx.from {
@@ -312,11 +351,12 @@ impl Services {
                 "only the mint authority may mint".into(),
             ));
         }
-        let pk = public_key(&*self.read()?, &stx.from)?
+        let pk = self
+            .wallet_key(&stx.from)?
             .ok_or_else(|| AppError::WalletNotFound(stx.from.to_string()))?;
         pk.verify(&stx.signing_message(), stx.signature.as_slice())?;
         let txid = stx.txid();
-        let (fa, ta) = self.write_ev(now_ms, move |tx| {
+        let op: TransactionOp = Box::new(move |tx: &mut dyn WriteTx| {
             let (fa, ta) = apply_tx(tx, &stx, &txid, now_ms, Origin::Direct)?;
             let events = vec![
                 Event::Wallet {
@@ -333,13 +373,8 @@ impl Services {
                 },
             ];
             Ok(((fa, ta), events))
-        })?;
-        Ok(WalletTransactionResponse {
-            txid,
-            from_balance: fa.balance,
-            to_balance: ta.balance,
-            next_nonce: fa.next_nonce,
-        })
+        });
+        Ok((txid, op))
     }
 
     /// Whether a transaction id was applied, and when (`(applied_at_ms, bundle_id)`).

@@ -170,6 +170,9 @@ pub enum Outcome {
 /// single writer thread, between other callers' operations): verify signatures before.
 pub type WriteOp = Box<dyn FnOnce(&mut dyn WriteTx) -> Outcome + Send>;
 
+/// Receives the result of a write submitted with [`Store::write_with`].
+pub type WriteDone = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
 /// Counters of a store.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StoreStats {
@@ -197,6 +200,16 @@ pub trait Store: Send + Sync {
     /// # Errors
     /// [`StoreError`].
     fn write(&self, op: WriteOp) -> Result<(), StoreError>;
+
+    /// Submits `op` like [`Store::write`] without waiting for it: `done` gets exactly what
+    /// `write` would have returned, once the operation's writes are durable (or failed).
+    /// `done` may run on the backend's writer thread, so it must be quick and must not
+    /// block (send on a channel, wake a task).
+    ///
+    /// The default runs [`Store::write`] on the calling thread, then `done`.
+    fn write_with(&self, op: WriteOp, done: WriteDone) {
+        done(self.write(op));
+    }
 
     /// Counters.
     fn stats(&self) -> StoreStats {

@@ -2,7 +2,9 @@
 //!
 //! # Durability design
 //! * One writer thread owns all write transactions. Callers hand it a [`WriteOp`] and
-//!   block until it reports back.
+//!   either block until it reports back ([`Store::write`]) or are called back from the
+//!   writer thread ([`Store::write_with`]: the async runtime awaits a oneshot channel, so no
+//!   thread blocks on the commit).
 //! * The writer takes the first queued operation plus every operation queued behind it
 //!   (up to `max_batch`), runs them one after another in **one** redb write transaction
 //!   (each in its own [`OpTx`] overlay, so a failing operation leaves no trace), and
@@ -42,7 +44,7 @@ use std::thread::JoinHandle;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::overlay::{BaseGet, OpTx};
-use super::{Outcome, ReadTx, Store, StoreError, StoreStats, Table, WriteOp};
+use super::{Outcome, ReadTx, Store, StoreError, StoreStats, Table, WriteDone, WriteOp};
 
 type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
@@ -90,7 +92,7 @@ impl RedbStoreOptions {
 
 struct Job {
     op: WriteOp,
-    done: mpsc::SyncSender<Result<(), StoreError>>,
+    done: WriteDone,
 }
 
 #[derive(Default)]
@@ -231,8 +233,8 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<Job>, max_batch: usize, counte
                     .unwrap_or(Err(StoreError::OpPanicked)),
                 Err(e) => Err(e.clone()),
             };
-            // The caller may have gone away; nothing to do then.
-            let _ = done.send(r);
+            // Quick by contract (a channel send or a task wake-up).
+            done(r);
         }
     }
 }
@@ -241,7 +243,7 @@ fn run_batch(
     db: &Database,
     batch: Vec<Job>,
     results: &mut Vec<Result<(), StoreError>>,
-    dones: &mut Vec<mpsc::SyncSender<Result<(), StoreError>>>,
+    dones: &mut Vec<WriteDone>,
     counters: &Counters,
 ) -> Result<(), StoreError> {
     let mut ops = Vec::with_capacity(batch.len());
@@ -351,14 +353,27 @@ impl Store for RedbStore {
 
     fn write(&self, op: WriteOp) -> Result<(), StoreError> {
         let (done_tx, done_rx) = mpsc::sync_channel(1);
-        {
-            let jobs = lock(&self.jobs);
-            let sender = jobs.as_ref().ok_or(StoreError::Closed)?;
-            sender
-                .send(Job { op, done: done_tx })
-                .map_err(|_| StoreError::Closed)?;
-        }
+        self.write_with(
+            op,
+            Box::new(move |r| {
+                // The caller may have gone away; nothing to do then.
+                let _ = done_tx.send(r);
+            }),
+        );
         done_rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    fn write_with(&self, op: WriteOp, done: WriteDone) {
+        let sent = {
+            let jobs = lock(&self.jobs);
+            match jobs.as_ref() {
+                Some(sender) => sender.send(Job { op, done }).map_err(|e| e.0.done),
+                None => Err(done),
+            }
+        };
+        if let Err(done) = sent {
+            done(Err(StoreError::Closed));
+        }
     }
 
     fn stats(&self) -> StoreStats {

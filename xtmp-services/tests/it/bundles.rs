@@ -257,3 +257,163 @@ fn submit_confirm_all_or_nothing_and_sync() {
     assert!(end.entries.is_empty());
     assert_eq!(end.next_cursor, u64::MAX);
 }
+
+/// `handle_async` answers exactly like `handle`, and a store that cannot commit fails the
+/// request with `STORAGE_FAILURE` instead of hanging.
+#[tokio::test]
+async fn async_submission_matches_sync_and_fails_cleanly() {
+    use std::sync::Arc;
+    use xtmp_proto::MessageType;
+    use xtmp_services::store::{RedbStore, RedbStoreOptions};
+    use xtmp_services::types::BundleSubmitResponse;
+    use xtmp_services::{Services, SigningKey};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(RedbStore::open_dir(dir.path(), &RedbStoreOptions::default()).unwrap());
+    let svc = Services::with_store(
+        store.clone(),
+        config(dir.path()),
+        SigningKey::from_seed(&[9; 32]).unwrap(),
+    )
+    .unwrap();
+    let (a, b, authority) = (key(1), key(2), key(0xAA));
+    let ca = login(&svc, 20, &a);
+    let body = |txs| serde_json::to_vec(&BundleSubmitRequest { transactions: txs }).unwrap();
+    // b is not registered yet: refused, and the miss is not remembered.
+    let from_b = body(vec![t(&b, &a, 1, 0)]);
+    let err = svc
+        .handle_async(&ca, MessageType::BundleSubmit, &from_b, NOW)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), codes::WALLET_NOT_FOUND);
+    login(&svc, 21, &b);
+    let cauth = login(&svc, AUTHORITY_SESSION, &authority);
+    for (to, nonce) in [(&a, 0), (&b, 1)] {
+        let mint =
+            client::sign_transaction(&authority, TxKind::Mint, to.address(), 5, nonce).unwrap();
+        svc.wallet_transaction(&cauth, mint, NOW).unwrap();
+    }
+
+    let r = svc
+        .handle_async(&ca, MessageType::BundleSubmit, &from_b, NOW)
+        .await
+        .unwrap();
+    let r: BundleSubmitResponse = serde_json::from_slice(&r).unwrap();
+    assert!(r.created);
+    // The same through the synchronous path: the stored bundle, unchanged.
+    let again = svc
+        .handle(&ca, MessageType::BundleSubmit, &from_b, NOW + 1)
+        .unwrap();
+    let again: BundleSubmitResponse = serde_json::from_slice(&again).unwrap();
+    assert!(!again.created);
+    assert_eq!(again.status, r.status);
+    let tx = client::sign_transaction(&a, TxKind::Transfer, b.address(), 2, 0).unwrap();
+    let out = svc
+        .handle_async(
+            &ca,
+            MessageType::WalletTransaction,
+            &serde_json::to_vec(&tx).unwrap(),
+            NOW,
+        )
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        (v["from_balance"].as_u64(), v["to_balance"].as_u64()),
+        (Some(3), Some(7))
+    );
+    // Other types are answered too (synchronously).
+    let bal = svc
+        .handle_async(&ca, MessageType::WalletBalance, b"", NOW)
+        .await
+        .unwrap();
+    assert!(String::from_utf8(bal).unwrap().contains("\"balance\":3"));
+
+    store.close();
+    let late = body(vec![t(&a, &b, 1, 1)]);
+    let err = svc
+        .handle_async(&ca, MessageType::BundleSubmit, &late, NOW)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), codes::STORAGE_FAILURE);
+    let err = svc
+        .handle(&ca, MessageType::BundleSubmit, &late, NOW)
+        .unwrap_err();
+    assert_eq!(err.code(), codes::STORAGE_FAILURE);
+}
+
+async fn next(
+    rx: &mut tokio::sync::broadcast::Receiver<xtmp_services::events::Notification>,
+) -> xtmp_services::events::Notification {
+    tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a notification")
+        .unwrap()
+}
+
+/// A request dropped while it waits for its commit (its session ended, say) still commits,
+/// and its notifications — and every later one — are still published.
+#[tokio::test]
+async fn a_dropped_async_request_does_not_hold_back_notifications() {
+    use xtmp_proto::MessageType;
+    use xtmp_services::events::Event;
+
+    let e = env();
+    let (a, b) = (key(1), key(2));
+    let ca = login(&e.svc, 20, &a);
+    login(&e.svc, 21, &b);
+    fund(&e, a.address(), 10);
+    let mut rx = e.svc.subscribe();
+    let body = serde_json::to_vec(&BundleSubmitRequest {
+        transactions: vec![t(&a, &b, 1, 0)],
+    })
+    .unwrap();
+    {
+        let mut fut = Box::pin(
+            e.svc
+                .handle_async(&ca, MessageType::BundleSubmit, &body, NOW),
+        );
+        // One poll: checks done, operation queued, now waiting for the commit.
+        tokio::select! {
+            biased;
+            _ = &mut fut => panic!("a durable commit cannot be ready on the first poll"),
+            () = std::future::ready(()) => {}
+        }
+    } // dropped here
+    let tx = client::sign_transaction(&a, TxKind::Transfer, b.address(), 2, 0).unwrap();
+    e.svc
+        .handle_async(
+            &ca,
+            MessageType::WalletTransaction,
+            &serde_json::to_vec(&tx).unwrap(),
+            NOW,
+        )
+        .await
+        .unwrap();
+    let first = next(&mut rx).await;
+    assert!(
+        matches!(
+            first.event,
+            Event::Bundle {
+                state: BundleState::Pending,
+                ..
+            }
+        ),
+        "{first:?}"
+    );
+    let second = next(&mut rx).await;
+    assert!(
+        matches!(second.event, Event::Wallet { address, .. } if address == a.address()),
+        "{second:?}"
+    );
+    assert_eq!(second.seq, first.seq + 1);
+    // The dropped submission was stored.
+    let id = bundle_id(&[t(&a, &b, 1, 0).txid()]);
+    assert_eq!(
+        e.svc
+            .bundle_status(BundleIdRequest { bundle_id: id })
+            .unwrap()
+            .state,
+        BundleState::Pending
+    );
+}

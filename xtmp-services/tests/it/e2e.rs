@@ -304,3 +304,113 @@ async fn wallets_transfers_live_updates_locks_over_loopback() {
     server.shutdown().await;
     assert_eq!(total_balances(&svc), 100);
 }
+
+/// Bundles through the runtime: a one-transfer bundle takes the inline path (checks on the
+/// worker, commit awaited), a bundle over `INLINE_MAX_PAYLOAD` the blocking pool; both are
+/// durable (visible to readers, which only see committed state) when the reply arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_over_loopback_inline_and_blocking() {
+    use xtmp_services::runtime::INLINE_MAX_PAYLOAD;
+    use xtmp_services::types::{
+        BundleIdRequest, BundleState, BundleStatusResponse, BundleSubmitRequest,
+        BundleSubmitResponse,
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Arc::new(Services::open(config(dir.path())).unwrap());
+    let mut router = XTMPMessageRouter::new();
+    register_all(&mut router, svc.clone());
+    let server_key = Arc::new(XWingSecretKey::generate().unwrap());
+    let mut opts = ServerOptions::new(server_key.clone());
+    opts.bind_address = "127.0.0.1:0".parse().unwrap();
+    let server = XTMPServer::bind(opts, router).await.unwrap();
+    let mut o = ClientOptions::new(server_key.public_key().clone());
+    o.reconnect.enabled = false;
+    let ca = XTMPClient::connect(server.local_addr(), o.clone())
+        .await
+        .unwrap();
+    let cb = XTMPClient::connect(server.local_addr(), o).await.unwrap();
+    let (authority, alice, bob) = (key(0xAA), key(1), key(2));
+    login(&ca, &authority).await;
+    login(&cb, &alice).await;
+    let rb: WalletRegisterResponse = call(
+        &cb,
+        MessageType::WalletRegister,
+        &client::register_request(&bob),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rb.address, bob.address());
+    let mint = client::sign_transaction(&authority, TxKind::Mint, alice.address(), 100, 0).unwrap();
+    let _: WalletTransactionResponse = call(&ca, MessageType::WalletTransaction, &mint)
+        .await
+        .unwrap();
+
+    let pay = |amount, nonce| {
+        client::sign_transaction(&alice, TxKind::Transfer, bob.address(), amount, nonce).unwrap()
+    };
+    let small = BundleSubmitRequest {
+        transactions: vec![pay(10, 0)],
+    };
+    assert!(serde_json::to_vec(&small).unwrap().len() <= INLINE_MAX_PAYLOAD);
+    let large = BundleSubmitRequest {
+        transactions: vec![pay(1, 0), pay(2, 1), pay(3, 2)],
+    };
+    assert!(serde_json::to_vec(&large).unwrap().len() > INLINE_MAX_PAYLOAD);
+    for req in [&small, &large] {
+        let r: BundleSubmitResponse = call(&cb, MessageType::BundleSubmit, req).await.unwrap();
+        assert!(r.created);
+        assert_eq!(r.status.state, BundleState::Pending);
+        assert_eq!(r.status.transaction_count as usize, req.transactions.len());
+        // Durable before the reply: a fresh snapshot sees it.
+        let st = svc
+            .bundle_status(BundleIdRequest {
+                bundle_id: r.status.bundle_id,
+            })
+            .unwrap();
+        assert_eq!(st, r.status);
+        let again: BundleSubmitResponse = call(&cb, MessageType::BundleSubmit, req).await.unwrap();
+        assert!(!again.created);
+        assert_eq!(again.status, r.status);
+        let seen: BundleStatusResponse = call(
+            &ca,
+            MessageType::BundleStatus,
+            &BundleIdRequest {
+                bundle_id: r.status.bundle_id,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(seen, r.status);
+    }
+    // Failures on the inline path carry the transaction's own code.
+    let forged = {
+        let mut t =
+            client::sign_transaction(&bob, TxKind::Transfer, authority.address(), 5, 0).unwrap();
+        t.from = alice.address();
+        t
+    };
+    let bad = BundleSubmitRequest {
+        transactions: vec![forged],
+    };
+    assert_eq!(
+        code(call::<_, Value>(&cb, MessageType::BundleSubmit, &bad).await),
+        codes::BAD_SIGNATURE.0
+    );
+    assert_eq!(
+        code(call::<_, Value>(&ca, MessageType::BundleSubmit, &bad).await),
+        codes::BAD_SIGNATURE.0,
+        "any wallet's session may submit a bundle, but the forgery fails"
+    );
+    let raw = cb
+        .request(MessageType::BundleSubmit, b"{\"transactions\":[{".to_vec())
+        .await;
+    assert_eq!(code(raw), codes::BAD_REQUEST.0);
+    let m = svc.metrics().unwrap();
+    let op = m
+        .operations
+        .iter()
+        .find(|o| o.message_type == "BundleSubmit")
+        .unwrap();
+    assert_eq!((op.requests, op.errors), (7, 3));
+}
