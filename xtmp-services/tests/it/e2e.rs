@@ -7,7 +7,10 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
-use xtmp::{ClientError, ClientOptions, ServerOptions, XTMPClient, XTMPMessageRouter, XTMPServer};
+use xtmp::{
+    ClientError, ClientOptions, ServerHandle, ServerOptions, XTMPClient, XTMPMessageRouter,
+    XTMPServer,
+};
 use xtmp_proto::xtmp_crypto::xwing::XWingSecretKey;
 use xtmp_proto::MessageType;
 use xtmp_services::error::codes;
@@ -21,6 +24,18 @@ use xtmp_services::{
 };
 
 use crate::common::*;
+
+/// The services on a redb store in `dir`, served on an ephemeral loopback port.
+async fn start_server(dir: &std::path::Path) -> (Arc<Services>, Arc<XWingSecretKey>, ServerHandle) {
+    let svc = Arc::new(Services::open(config(dir)).unwrap());
+    let mut router = XTMPMessageRouter::new();
+    register_all(&mut router, svc.clone());
+    let server_key = Arc::new(XWingSecretKey::generate().unwrap());
+    let mut opts = ServerOptions::new(server_key.clone());
+    opts.bind_address = "127.0.0.1:0".parse().unwrap();
+    let server = XTMPServer::bind(opts, router).await.unwrap();
+    (svc, server_key, server)
+}
 
 async fn call<Q: Serialize, R: DeserializeOwned>(
     c: &XTMPClient,
@@ -75,13 +90,7 @@ async fn nonce(c: &XTMPClient, k: &SigningKey) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wallets_transfers_live_updates_locks_over_loopback() {
     let dir = tempfile::tempdir().unwrap();
-    let svc = Arc::new(Services::open(config(dir.path())).unwrap());
-    let mut router = XTMPMessageRouter::new();
-    register_all(&mut router, svc.clone());
-    let server_key = Arc::new(XWingSecretKey::generate().unwrap());
-    let mut opts = ServerOptions::new(server_key.clone());
-    opts.bind_address = "127.0.0.1:0".parse().unwrap();
-    let server = XTMPServer::bind(opts, router).await.unwrap();
+    let (svc, server_key, server) = start_server(dir.path()).await;
     let addr = server.local_addr();
     let connect = |client_key: Option<Arc<XWingSecretKey>>| {
         let mut o = ClientOptions::new(server_key.public_key().clone());
@@ -317,13 +326,7 @@ async fn bundles_over_loopback_inline_and_blocking() {
     };
 
     let dir = tempfile::tempdir().unwrap();
-    let svc = Arc::new(Services::open(config(dir.path())).unwrap());
-    let mut router = XTMPMessageRouter::new();
-    register_all(&mut router, svc.clone());
-    let server_key = Arc::new(XWingSecretKey::generate().unwrap());
-    let mut opts = ServerOptions::new(server_key.clone());
-    opts.bind_address = "127.0.0.1:0".parse().unwrap();
-    let server = XTMPServer::bind(opts, router).await.unwrap();
+    let (svc, server_key, server) = start_server(dir.path()).await;
     let mut o = ClientOptions::new(server_key.public_key().clone());
     o.reconnect.enabled = false;
     let ca = XTMPClient::connect(server.local_addr(), o.clone())
