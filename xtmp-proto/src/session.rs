@@ -505,6 +505,24 @@ impl Session {
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<u64, XTMPError> {
+        self.seal_on_prefixed(path, message_type, flags, &[], payload, out)
+    }
+
+    /// [`Session::seal_on`] of the payload `prefix ‖ body`, without first copying the two
+    /// parts together (e.g. a stream id or correlation number in front of a pushed body).
+    /// The frame is byte for byte the one `seal_on` makes of the concatenation.
+    ///
+    /// # Errors
+    /// As [`Session::seal_on`].
+    pub fn seal_on_prefixed(
+        &mut self,
+        path: PathId,
+        message_type: MessageType,
+        flags: XTMPFlags,
+        prefix: &[u8],
+        body: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<u64, XTMPError> {
         if path == PathId::Datagram && !self.dgram_path {
             return Err(XTMPError::InvalidMessage("no datagram path".into()));
         }
@@ -519,15 +537,21 @@ impl Session {
             return Err(XTMPError::UnexpectedMessage(message_type));
         }
         if flags.contains(XTMPFlags::COMPRESSED) {
-            if let Some(c) = compress::compress(payload, self.config.max_payload) {
-                return self.seal_raw(path, message_type, flags, &c, out);
+            let c = if prefix.is_empty() {
+                compress::compress(body, self.config.max_payload)
+            } else {
+                compress::compress(&[prefix, body].concat(), self.config.max_payload)
+            };
+            if let Some(c) = c {
+                return self.seal_raw(path, message_type, flags, &[], &c, out);
             }
         }
         self.seal_raw(
             path,
             message_type,
             flags - XTMPFlags::COMPRESSED,
-            payload,
+            prefix,
+            body,
             out,
         )
     }
@@ -537,11 +561,13 @@ impl Session {
         path: PathId,
         message_type: MessageType,
         flags: XTMPFlags,
-        payload: &[u8],
+        prefix: &[u8],
+        body: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<u64, XTMPError> {
         self.check_open()?;
-        let len = u32::try_from(payload.len()).map_err(|_| XTMPError::PayloadTooLarge {
+        let payload_len = prefix.len().saturating_add(body.len());
+        let len = u32::try_from(payload_len).map_err(|_| XTMPError::PayloadTooLarge {
             length: u32::MAX,
             max: self.config.max_payload,
         })?;
@@ -587,9 +613,10 @@ impl Session {
             auth_tag: [0; 16],
         };
         let start = out.len();
-        out.reserve(HEADER_LEN + payload.len());
+        out.reserve(HEADER_LEN + payload_len);
         out.extend_from_slice(&header.to_bytes());
-        out.extend_from_slice(payload);
+        out.extend_from_slice(prefix);
+        out.extend_from_slice(body);
         if let Err(e) = self.send.seal_frame(&mut out[start..]) {
             out.truncate(start);
             return Err(e);
@@ -598,7 +625,7 @@ impl Session {
         self.send.nonce_counter += 1;
         self.send.bytes += u64::from(len);
         self.stats.frames_sent += 1;
-        self.stats.bytes_sent += (HEADER_LEN + payload.len()) as u64;
+        self.stats.bytes_sent += (HEADER_LEN + payload_len) as u64;
         if self.send.nonce_counter >= self.config.soft_message_limit
             || self.send.bytes >= self.config.soft_byte_limit
         {
@@ -618,7 +645,7 @@ impl Session {
         payload: &[u8],
     ) -> Result<(), XTMPError> {
         let mut f = Vec::with_capacity(HEADER_LEN + payload.len());
-        self.seal_raw(path, t, XTMPFlags::empty(), payload, &mut f)?;
+        self.seal_raw(path, t, XTMPFlags::empty(), &[], payload, &mut f)?;
         self.outgoing.push_back(f);
         Ok(())
     }
@@ -680,6 +707,7 @@ impl Session {
             PathId::Primary,
             MessageType::Disconnect,
             XTMPFlags::empty(),
+            &[],
             &p,
             out,
         )?;

@@ -6,7 +6,8 @@
 //! resubscribes. Nothing is lost silently: a request whose connection died ends in
 //! [`ClientError::ConnectionLost`] (`sent: false` means it never left and is safe to
 //! retry), and a subscription yields one `Err` item marking the gap before the pushes
-//! of the new connection.
+//! of the new connection. (A fire-and-forget [`XTMPClient::send`] returns once queued: one
+//! still queued when its connection dies is dropped; send with `ack` to know.)
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -21,7 +22,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
+use tokio::sync::{
+    mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore, SemaphorePermit, TryAcquireError,
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace, warn};
@@ -47,6 +50,31 @@ use crate::transport::{
 };
 
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// A cheap hasher for integer ids looked up once or more per message: subscription ids
+/// and the client's own request numbers (a peer's values are only looked up), and on the
+/// server the requests in flight (at most `max_inflight_per_connection`, numbered in
+/// order). No table keyed by it can be grown by a peer, so the keyed SipHash of the
+/// default hasher buys nothing there.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by the client's own ids (see [`IdHasher`]).
+pub(crate) type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// Reconnection policy (exponential backoff with jitter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,7 +268,9 @@ pub struct ClientStats {
 enum OutKind {
     Request(oneshot::Sender<Result<Response, ClientError>>),
     Ack(oneshot::Sender<Result<(), ClientError>>),
-    Fire(oneshot::Sender<Result<(), ClientError>>),
+    /// Fire and forget ([`XTMPClient::send`] without ack), already returned to the caller:
+    /// the in-flight permit bounds the queue until the message is sealed.
+    Queued(OwnedSemaphorePermit),
     Subscribe {
         sub_id: u64,
         tx: Option<oneshot::Sender<Result<Response, ClientError>>>,
@@ -253,13 +283,13 @@ impl OutKind {
             OutKind::Request(tx) => {
                 let _ = tx.send(Err(e));
             }
-            OutKind::Ack(tx) | OutKind::Fire(tx) => {
+            OutKind::Ack(tx) => {
                 let _ = tx.send(Err(e));
             }
             OutKind::Subscribe { tx: Some(tx), .. } => {
                 let _ = tx.send(Err(e));
             }
-            OutKind::Subscribe { tx: None, .. } => {}
+            OutKind::Subscribe { tx: None, .. } | OutKind::Queued(_) => {}
         }
     }
 }
@@ -305,9 +335,8 @@ struct CState {
     wbuf: Vec<u8>,
     priority: VecDeque<Outbound>,
     normal: VecDeque<Outbound>,
-    pending: HashMap<u64, Pending>,
-    streams: HashMap<u64, u64>,
-    written: Vec<oneshot::Sender<Result<(), ClientError>>>,
+    pending: IdMap<Pending>,
+    streams: IdMap<u64>,
     ping_waiters: Vec<oneshot::Sender<Duration>>,
     ended: Option<ClientError>,
     closing: bool,
@@ -336,7 +365,8 @@ impl CState {
             OutKind::Ack(tx) => {
                 self.pending.insert(seq, Pending::Ack(tx));
             }
-            OutKind::Fire(tx) => self.written.push(tx),
+            // Sealed: its slot is free again.
+            OutKind::Queued(_permit) => {}
             OutKind::Subscribe { sub_id, tx } => {
                 self.streams.insert(seq, sub_id);
                 self.pending.insert(seq, Pending::Subscribe { sub_id, tx });
@@ -373,9 +403,10 @@ impl ClientConn {
         Ok(())
     }
 
-    /// Ends the connection with `reason`: unsent messages fail with `sent: false`,
-    /// outstanding ones with `reason` (or `sent: true`). Returns subscriptions whose
-    /// resubscription was outstanding.
+    /// Ends the connection with `reason`: unsent messages fail with `sent: false`
+    /// (fire-and-forget ones, already reported as sent, are dropped), outstanding ones
+    /// with `reason` (or `sent: true`). Returns subscriptions whose resubscription was
+    /// outstanding.
     fn end(&self, reason: ClientError) -> Vec<(u64, ClientError)> {
         let mut st = lock(&self.state);
         if st.ended.is_some() {
@@ -384,8 +415,18 @@ impl ClientConn {
         st.ended = Some(reason.clone());
         let mut unsent: Vec<Outbound> = st.priority.drain(..).collect();
         unsent.extend(st.normal.drain(..));
+        let mut dropped = 0usize;
         for o in unsent {
+            if matches!(o.kind, OutKind::Queued(_)) {
+                dropped += 1;
+            }
             o.kind.fail(ClientError::ConnectionLost { sent: false });
+        }
+        if dropped > 0 {
+            debug!(
+                dropped,
+                "fire-and-forget messages still queued when the connection ended"
+            );
         }
         let pending_err = match &reason {
             ClientError::Disconnected { .. } | ClientError::Closed => reason.clone(),
@@ -396,9 +437,6 @@ impl ClientConn {
             if let Some(x) = p.fail(pending_err.clone()) {
                 orphaned.push(x);
             }
-        }
-        for tx in st.written.drain(..) {
-            let _ = tx.send(Err(ClientError::ConnectionLost { sent: true }));
         }
         st.ping_waiters.clear();
         drop(st);
@@ -427,7 +465,7 @@ struct ClientInner {
     addr: SocketAddr,
     opts: ClientOptions,
     link: watch::Sender<LinkState>,
-    subs: Mutex<HashMap<u64, SubEntry>>,
+    subs: Mutex<IdMap<SubEntry>>,
     next_sub: AtomicU64,
     inflight: Arc<Semaphore>,
     closed: CancellationToken,
@@ -678,9 +716,8 @@ fn new_conn(session: Session, transport: TransportInfo) -> Arc<ClientConn> {
             wbuf: Vec::new(),
             priority: VecDeque::new(),
             normal: VecDeque::new(),
-            pending: HashMap::new(),
-            streams: HashMap::new(),
-            written: Vec::new(),
+            pending: IdMap::default(),
+            streams: IdMap::default(),
             ping_waiters: Vec::new(),
             ended: None,
             closing: false,
@@ -714,7 +751,7 @@ impl XTMPClient {
             inflight: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
             opts: options,
             link,
-            subs: Mutex::new(HashMap::new()),
+            subs: Mutex::new(IdMap::default()),
             next_sub: AtomicU64::new(1),
             closed: CancellationToken::new(),
             done: CancellationToken::new(),
@@ -847,7 +884,34 @@ impl XTMPClient {
         st.dgram.as_ref().map(|d| (d.pushes_late, d.pushes_dropped))
     }
 
-    async fn enqueue(&self, mut o: Outbound, deadline: Instant) -> Result<(), ClientError> {
+    /// An in-flight permit: at once when one is free (no timer), else waiting until
+    /// `deadline`.
+    async fn permit(&self, deadline: Instant) -> Result<SemaphorePermit<'_>, ClientError> {
+        match self.inner.inflight.try_acquire() {
+            Ok(p) => return Ok(p),
+            Err(TryAcquireError::Closed) => return Err(ClientError::Closed),
+            Err(TryAcquireError::NoPermits) => {}
+        }
+        match tokio::time::timeout_at(deadline, self.inner.inflight.acquire()).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(ClientError::Closed),
+            Err(_) => Err(ClientError::Timeout),
+        }
+    }
+
+    async fn enqueue(&self, o: Outbound, deadline: Instant) -> Result<(), ClientError> {
+        // Fast path: connected (no subscription to the link state, no timer).
+        let o = match self.current() {
+            Some(c) => match c.try_enqueue(o) {
+                Ok(()) => return Ok(()),
+                Err(back) => back,
+            },
+            None => o,
+        };
+        self.enqueue_slow(o, deadline).await
+    }
+
+    async fn enqueue_slow(&self, mut o: Outbound, deadline: Instant) -> Result<(), ClientError> {
         let mut rx = self.inner.link.subscribe();
         loop {
             let state = rx.borrow_and_update().clone();
@@ -886,13 +950,15 @@ impl XTMPClient {
         }
         // On a UdpFast session a message must fit one datagram (compression aside, which
         // the writer checks after sealing).
-        let udp = self
-            .current()
-            .is_some_and(|c| c.transport.connection_type == ConnectionType::UdpFast);
         let d = &self.inner.opts.datagram;
         let compressible =
             self.inner.opts.enable_compression && len >= self.inner.opts.compression_threshold;
-        if udp && !compressible && len > d.max_reliable_body() {
+        if !compressible
+            && len > d.max_reliable_body()
+            && self
+                .current()
+                .is_some_and(|c| c.transport.connection_type == ConnectionType::UdpFast)
+        {
             return Err(ClientError::MessageTooLarge {
                 len,
                 max: d.max_reliable_body(),
@@ -936,11 +1002,7 @@ impl XTMPClient {
         let payload = payload.into();
         self.check_len(payload.len())?;
         let deadline = Instant::now() + timeout;
-        let _permit = match tokio::time::timeout_at(deadline, self.inner.inflight.acquire()).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(_)) => return Err(ClientError::Closed),
-            Err(_) => return Err(ClientError::Timeout),
-        };
+        let _permit = self.permit(deadline).await?;
         let (tx, rx) = oneshot::channel();
         let flags = (flags & (XTMPFlags::PRIORITY | XTMPFlags::COMPRESSED))
             | self.inner.opts.flags_for(payload.len());
@@ -975,7 +1037,13 @@ impl XTMPClient {
     }
 
     /// Sends a one-way message. With `ack`, sets `REQUIRES_ACK` and waits until the server's
-    /// handler accepted it; without, waits until it was written to the connection.
+    /// handler accepted it. Without, returns as soon as the message is queued on the
+    /// connection (fire and forget): it is then written in order with everything else.
+    /// The queue is bounded — a queued message holds one of the
+    /// [`ClientOptions::max_in_flight`] slots until it is sealed, so `send` waits when the
+    /// connection falls behind. [`XTMPClient::close`] writes what is queued before it
+    /// closes; a message still queued when the connection is lost is dropped (the server
+    /// never sees it), so use `ack` to know that it arrived.
     ///
     /// # Errors
     /// As [`XTMPClient::request`]. Errors the server reports about an unacknowledged
@@ -990,25 +1058,43 @@ impl XTMPClient {
         let payload = payload.into();
         self.check_len(payload.len())?;
         let deadline = Instant::now() + self.inner.opts.request_timeout;
-        let _permit = match tokio::time::timeout_at(deadline, self.inner.inflight.acquire()).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(_)) => return Err(ClientError::Closed),
-            Err(_) => return Err(ClientError::Timeout),
-        };
-        let (tx, rx) = oneshot::channel();
         let mut flags = self.inner.opts.flags_for(payload.len());
-        let kind = if ack {
-            flags |= XTMPFlags::REQUIRES_ACK;
-            OutKind::Ack(tx)
-        } else {
-            OutKind::Fire(tx)
-        };
+        if !ack {
+            // No completion to wait for: no oneshot, no timer, no wake-up of this task by
+            // the connection's writer.
+            let permit = match self.inner.inflight.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(TryAcquireError::Closed) => return Err(ClientError::Closed),
+                Err(TryAcquireError::NoPermits) => {
+                    let acquire = self.inner.inflight.clone().acquire_owned();
+                    match tokio::time::timeout_at(deadline, acquire).await {
+                        Ok(Ok(p)) => p,
+                        Ok(Err(_)) => return Err(ClientError::Closed),
+                        Err(_) => return Err(ClientError::Timeout),
+                    }
+                }
+            };
+            return self
+                .enqueue(
+                    Outbound {
+                        message_type,
+                        flags,
+                        payload,
+                        kind: OutKind::Queued(permit),
+                    },
+                    deadline,
+                )
+                .await;
+        }
+        let _permit = self.permit(deadline).await?;
+        let (tx, rx) = oneshot::channel();
+        flags |= XTMPFlags::REQUIRES_ACK;
         self.enqueue(
             Outbound {
                 message_type,
                 flags,
                 payload,
-                kind,
+                kind: OutKind::Ack(tx),
             },
             deadline,
         )
@@ -1291,21 +1377,25 @@ fn finish(inner: &ClientInner, err: ClientError) {
 async fn run_conn(inner: &Arc<ClientInner>, conn: Arc<ClientConn>, io: Io) -> ClientError {
     let Io { reader, writer, .. } = io;
     let udp = lock(&conn.state).dgram.as_ref().map(|d| d.io());
-    let stream_reader = async {
+    let stream_reader = std::pin::pin!(async {
         if let Some(fr) = reader {
             client_reader(inner.clone(), conn.clone(), fr).await;
         }
-    };
-    let udp_reader = async {
+    });
+    let udp_reader = std::pin::pin!(async {
         if let Some(io) = udp {
             dgram::udp_reader(inner.clone(), conn.clone(), io).await;
         }
-    };
-    tokio::join!(
-        stream_reader,
-        udp_reader,
-        client_writer(inner.clone(), conn.clone(), writer)
-    );
+    });
+    // One task, one waker per future: a message queued by the reader (e.g. an error
+    // answer) reaches the writer without waking the task ([`crate::join`]).
+    let writer = std::pin::pin!(client_writer(inner.clone(), conn.clone(), writer));
+    crate::join::join_pinned(&mut [
+        Some(stream_reader as crate::join::JoinFut<'_>),
+        Some(udp_reader),
+        Some(writer),
+    ])
+    .await;
     let reason = lock(&conn.state)
         .ended
         .clone()
@@ -1333,10 +1423,15 @@ async fn client_reader<R: AsyncRead + Unpin>(
     mut fr: FrameReader<R>,
 ) {
     let read_timeout = inner.opts.read_timeout;
+    // One cancellation future for the connection's life; a buffered frame comes first and
+    // does not poll it.
+    let cancelled = conn.close.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let res = tokio::select! {
+            biased;
             r = fr.next_frame(read_timeout, &|_| {}) => r,
-            _ = conn.close.cancelled() => return,
+            _ = &mut cancelled => return,
         };
         let mut frame = match res {
             Ok(Some(f)) => f,
@@ -1411,25 +1506,44 @@ async fn client_reader<R: AsyncRead + Unpin>(
             if !st.wbuf.is_empty() || st.dgram.as_ref().is_some_and(|d| d.st.wants_write()) {
                 conn.wake.notify_one();
             }
-            act
+            (act, st.wbuf.len() > crate::server::WBUF_LIMIT)
         };
+        let (act, behind) = act;
         // Pause while too many sealed bytes (e.g. heartbeat answers) wait for the writer.
-        loop {
-            let drained = conn.drained.notified();
-            tokio::pin!(drained);
-            drained.as_mut().enable();
-            if lock(&conn.state).wbuf.len() <= crate::server::WBUF_LIMIT {
-                break;
-            }
-            tokio::select! {
-                _ = &mut drained => {}
-                _ = conn.close.cancelled() => return,
+        // Only this reader adds to `wbuf` between the writer's rounds, so the check made
+        // under the lock above is enough to know whether to wait.
+        if behind {
+            loop {
+                let drained = conn.drained.notified();
+                tokio::pin!(drained);
+                drained.as_mut().enable();
+                if lock(&conn.state).wbuf.len() <= crate::server::WBUF_LIMIT {
+                    break;
+                }
+                tokio::select! {
+                    _ = &mut drained => {}
+                    _ = conn.close.cancelled() => return,
+                }
             }
         }
         match act {
             Act::Nothing => {}
             Act::FailSub(id, e) => fail_sub(&inner, id, e),
             Act::Push(sub_id, msg) => {
+                // Fast path: room in the subscription's channel and no gap to report.
+                let msg = {
+                    let mut subs = lock(&inner.subs);
+                    match subs.get_mut(&sub_id) {
+                        Some(s) if s.gap.is_none() => match s.tx.try_send(Ok(msg)) {
+                            Ok(()) => None,
+                            Err(mpsc::error::TrySendError::Full(Ok(m))) => Some(m),
+                            // The subscription is being dropped (as `send` would fail).
+                            Err(_) => None,
+                        },
+                        _ => Some(msg),
+                    }
+                };
+                let Some(msg) = msg else { continue };
                 let (tx, gap) = {
                     let mut subs = lock(&inner.subs);
                     match subs.get_mut(&sub_id) {
@@ -1569,6 +1683,54 @@ fn handle_message(inner: &ClientInner, st: &mut CState, header: Header, payload:
     }
 }
 
+/// On close: seals the queued fire-and-forget messages (in order, up to a batch), leaving
+/// everything else queued. `true` once none is left.
+fn flush_queued(st: &mut CState, now: std::time::Instant, opts: &ClientOptions) -> bool {
+    let mut keep: VecDeque<Outbound> = VecDeque::new();
+    let mut done = true;
+    for prio in [true, false] {
+        loop {
+            let next = if prio {
+                st.priority.pop_front()
+            } else {
+                st.normal.pop_front()
+            };
+            let Some(o) = next else { break };
+            if !matches!(o.kind, OutKind::Queued(_)) {
+                keep.push_back(o);
+                continue;
+            }
+            if st.wbuf.len() >= WRITE_BATCH_BYTES {
+                done = false;
+                keep.push_back(o);
+                continue;
+            }
+            st.drain_core();
+            if st.dgram.is_some() {
+                if let Some(back) = dgram::seal_outbound(st, o, now, opts) {
+                    done = false;
+                    keep.push_back(back);
+                }
+                continue;
+            }
+            match st
+                .core
+                .seal(o.message_type, o.flags, &o.payload, &mut st.wbuf)
+            {
+                Ok(seq) => st.register_sent(seq, o.kind),
+                Err(e) => o.kind.fail(ClientError::Protocol(e)),
+            }
+        }
+        let q = if prio {
+            &mut st.priority
+        } else {
+            &mut st.normal
+        };
+        *q = std::mem::take(&mut keep);
+    }
+    done
+}
+
 async fn client_writer<W: AsyncWrite + Unpin>(
     inner: Arc<ClientInner>,
     conn: Arc<ClientConn>,
@@ -1577,21 +1739,36 @@ async fn client_writer<W: AsyncWrite + Unpin>(
     let opts = &inner.opts;
     let hb = opts.heartbeat_interval.max(Duration::from_millis(1));
     let mut next_heartbeat = Instant::now() + hb;
+    // The batch being written; swapped with the emptied write buffer each round (two
+    // buffers reused while busy instead of a new one grown per batch).
+    let mut batch: Vec<u8> = Vec::new();
+    // The idle wait's timer and close future live as long as the writer (re-armed only
+    // when the deadline moves).
+    let sleep = tokio::time::sleep_until(next_heartbeat);
+    tokio::pin!(sleep);
+    let closed = inner.closed.cancelled();
+    tokio::pin!(closed);
     loop {
         let now = Instant::now();
-        let (batch, dbatch, written, finished, deadline, failed_subs) = {
+        batch.clear();
+        let (dbatch, finished, deadline, failed_subs) = {
             let mut guard = lock(&conn.state);
             let st = &mut *guard;
             let mut failed_subs = Vec::new();
             let mut finished = st.ended.is_some();
-            if !finished && (st.closing || inner.closed.is_cancelled()) {
-                st.drain_core();
-                let _ = st
-                    .core
-                    .close(ErrorCode::NO_ERROR, "client closing", &mut st.wbuf);
-                finished = true;
+            let closing = !finished && (st.closing || inner.closed.is_cancelled());
+            if closing {
+                // What `send` already returned for goes out first (a batch per round);
+                // requests and subscriptions still queued fail as before.
+                if flush_queued(st, now.into_std(), opts) {
+                    st.drain_core();
+                    let _ = st
+                        .core
+                        .close(ErrorCode::NO_ERROR, "client closing", &mut st.wbuf);
+                    finished = true;
+                }
             }
-            if !finished {
+            if !finished && !closing {
                 if let Some(t) = st.core.poll_timeout() {
                     if now.into_std() >= t {
                         if let Err(e) = st.core.handle_timeout(now.into_std(), &mut OsRng) {
@@ -1649,8 +1826,7 @@ async fn client_writer<W: AsyncWrite + Unpin>(
                     d.flush_acks(&mut st.core, &mut st.wbuf);
                 }
             }
-            let batch = std::mem::take(&mut st.wbuf);
-            let written = std::mem::take(&mut st.written);
+            std::mem::swap(&mut batch, &mut st.wbuf);
             let mut deadline = next_heartbeat;
             if let Some(t) = st.core.poll_timeout() {
                 deadline = deadline.min(Instant::from_std(t));
@@ -1662,8 +1838,15 @@ async fn client_writer<W: AsyncWrite + Unpin>(
                 }
                 None => None,
             };
-            (batch, dbatch, written, finished, deadline, failed_subs)
+            if batch.is_empty() && st.wbuf.capacity() > crate::server::IDLE_BUF_CAPACITY {
+                // Going idle: do not hold a large buffer.
+                st.wbuf = Vec::new();
+            }
+            (dbatch, finished, deadline, failed_subs)
         };
+        if batch.is_empty() && batch.capacity() > crate::server::IDLE_BUF_CAPACITY {
+            batch = Vec::new();
+        }
         conn.drained.notify_waiters();
         for (id, e) in failed_subs {
             fail_sub(&inner, id, e);
@@ -1675,18 +1858,12 @@ async fn client_writer<W: AsyncWrite + Unpin>(
         if wrote {
             if let Err(e) = write_all_timeout(&mut w, &batch, opts.write_timeout).await {
                 debug!(error = %e, "write failed");
-                for tx in written {
-                    let _ = tx.send(Err(ClientError::ConnectionLost { sent: true }));
-                }
                 let orphaned = conn.end(ClientError::ConnectionLost { sent: true });
                 for (id, e) in orphaned {
                     fail_sub(&inner, id, e);
                 }
                 break;
             }
-        }
-        for tx in written {
-            let _ = tx.send(Ok(()));
         }
         if finished {
             let reason = if inner.closed.is_cancelled() {
@@ -1703,10 +1880,13 @@ async fn client_writer<W: AsyncWrite + Unpin>(
         if wrote {
             continue;
         }
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
         tokio::select! {
             _ = conn.wake.notified() => {}
-            _ = tokio::time::sleep_until(deadline) => {}
-            _ = inner.closed.cancelled(), if !lock(&conn.state).closing => {
+            _ = &mut sleep => {}
+            _ = &mut closed, if !lock(&conn.state).closing => {
                 lock(&conn.state).closing = true;
             }
         }

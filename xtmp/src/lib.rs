@@ -75,6 +75,7 @@
 
 pub mod client;
 pub mod error;
+mod join;
 pub mod manager;
 pub mod metrics;
 pub mod order;

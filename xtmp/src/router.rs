@@ -171,6 +171,15 @@ impl Route {
 /// Types without a handler are answered with `UNKNOWN_MESSAGE_TYPE`. Control types
 /// (`0x01..=0x08`), `Response`, `QLOCKResponse`, `TLSLSResponse` and `Error` are owned by
 /// the runtime and cannot be registered.
+///
+/// How handlers run: on a stream connection (TCP, WebSocket) a handler's future is first
+/// polled on the connection's own task, so a handler that finishes without waiting (an
+/// echo, a lookup, a quick check) is answered with no task hand-off at all; one that waits
+/// continues in a task of its own. Either way at most `max_inflight_per_connection`
+/// handlers run at once per connection, and replies keep their queues and `PRIORITY`.
+/// Long CPU-bound work belongs in `tokio::task::spawn_blocking`: done before the first
+/// `.await` it would hold up that connection's reads and writes (as it would hold up a
+/// runtime worker anyway).
 #[derive(Clone, Default)]
 pub struct XTMPMessageRouter {
     routes: HashMap<MessageType, Route>,
@@ -338,9 +347,10 @@ pub enum PushError {
     /// The message exceeds the session's maximum payload.
     #[error("the message exceeds the maximum payload")]
     TooLarge,
-    /// The stream is full and has not started yet: a stream's messages flow only after
-    /// the reply to its subscribe request, so a handler must push from a spawned task (or
-    /// use a drop-oldest stream) rather than wait for room before returning.
+    /// The stream is full and has not started yet, and the push came from inside the
+    /// request's handler: a stream's messages flow only after the reply to its subscribe
+    /// request, so the handler cannot wait for room before returning. Push from a task
+    /// the handler spawns (its pushes wait for the start) or use a drop-oldest stream.
     #[error("the stream has not started yet (push from a task spawned by the handler)")]
     NotStarted,
 }
@@ -385,16 +395,42 @@ impl StreamQueue {
         lock(&self.inner).queue.is_empty()
     }
 
-    /// Takes the next message (called by the writer).
-    pub(crate) fn pop(&self) -> Option<Vec<u8>> {
+    /// Moves queued messages to `out` (called by the writer): at least one if any is
+    /// queued, then more while fewer than `max_items` are taken and their bodies plus
+    /// `overhead` each stay within `max_bytes`. One lock and one wake-up of
+    /// backpressured pushers for the whole batch. Returns how many were taken.
+    pub(crate) fn pop_batch(
+        &self,
+        out: &mut Vec<Vec<u8>>,
+        max_items: usize,
+        max_bytes: usize,
+        overhead: usize,
+    ) -> usize {
         if !self.is_released() {
-            return None;
+            return 0;
         }
-        let m = lock(&self.inner).queue.pop_front();
-        if m.is_some() {
+        let mut inner = lock(&self.inner);
+        let mut taken = 0;
+        let mut bytes = 0usize;
+        while taken < max_items {
+            let Some(front) = inner.queue.front() else {
+                break;
+            };
+            let cost = front.len().saturating_add(overhead);
+            if taken > 0 && bytes.saturating_add(cost) > max_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(cost);
+            if let Some(m) = inner.queue.pop_front() {
+                out.push(m);
+            }
+            taken += 1;
+        }
+        drop(inner);
+        if taken > 0 {
             self.space.notify_waiters();
         }
-        m
+        taken
     }
 }
 
@@ -417,6 +453,8 @@ impl StreamRegistry {
         let mut any = false;
         for s in streams.iter().filter(|s| s.stream_id == stream_id) {
             s.released.store(true, Ordering::Release);
+            // Pushers waiting for the start (see `PushSink::push`).
+            s.space.notify_waiters();
             any = true;
         }
         drop(streams);
@@ -433,7 +471,7 @@ impl StreamRegistry {
     }
 
     fn open(
-        &self,
+        self: &Arc<Self>,
         stream_id: u64,
         message_type: MessageType,
         overflow: Overflow,
@@ -475,6 +513,35 @@ impl StreamRegistry {
     }
 }
 
+thread_local! {
+    /// Set while a request handler's future is being polled (see [`HandlerScope`]).
+    static IN_HANDLER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the polls of a request handler's future: a push from inside a handler into a
+/// full stream that has not started yet cannot wait (the stream starts only once that
+/// handler has returned) and fails with [`PushError::NotStarted`]; a push from anywhere
+/// else (a task the handler spawned) waits for the stream to start instead.
+pub(crate) struct HandlerScope<F>(pub(crate) F);
+
+impl<F: Future + Unpin> Future for HandlerScope<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        struct Restore(bool);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                IN_HANDLER.with(|h| h.set(self.0));
+            }
+        }
+        let _restore = Restore(IN_HANDLER.with(|h| h.replace(true)));
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
 /// Sends `STREAMING` messages to one session (server push), through a bounded queue
 /// with the route's [`Overflow`] policy. The stream's messages start flowing once the
 /// reply to the subscribe request has been sent, so a subscriber always sees the response
@@ -484,7 +551,7 @@ impl StreamRegistry {
 #[derive(Debug, Clone)]
 pub struct PushSink {
     queue: Arc<StreamQueue>,
-    registry: StreamRegistry,
+    registry: Arc<StreamRegistry>,
 }
 
 impl PushSink {
@@ -533,6 +600,10 @@ impl PushSink {
         }
         let q = &self.queue;
         let mut inner = lock(&q.inner);
+        // The writer only sleeps once every queue it serves is empty (it keeps going while
+        // a queue it has started on holds messages), so only the first message into an
+        // empty queue needs to wake it; a release wakes it separately.
+        let was_empty = inner.queue.is_empty();
         let outcome = if inner.queue.len() < q.capacity {
             PushOutcome::Queued
         } else {
@@ -551,12 +622,17 @@ impl PushSink {
         };
         inner.queue.push_back(body);
         drop(inner);
-        self.registry.wake.notify_one();
+        if was_empty {
+            self.registry.wake.notify_one();
+        }
         Ok(outcome)
     }
 
     /// Queues `body`, waiting for room on a backpressure stream (never drops); on a
-    /// drop-oldest stream it never waits.
+    /// drop-oldest stream it never waits. Called from a task the handler spawned, it also
+    /// waits for the stream to start (once the reply to the subscribe request is sent);
+    /// called inside the handler itself, a full stream that has not started yet is
+    /// [`PushError::NotStarted`].
     ///
     /// # Errors
     /// [`PushError::Closed`] once the session is gone.
@@ -570,9 +646,13 @@ impl PushSink {
             notified.as_mut().enable();
             match self.push_inner(body) {
                 Ok(o) => return Ok(o),
-                Err((_, PushError::Full)) if !self.queue.is_released() => {
+                Err((_, PushError::Full))
+                    if !self.queue.is_released() && IN_HANDLER.with(|h| h.get()) =>
+                {
                     return Err(PushError::NotStarted)
                 }
+                // Full (or full and not started: it starts once the reply is sent, and the
+                // writer then makes room).
                 Err((b, PushError::Full)) => body = b,
                 Err((_, e)) => return Err(e),
             }
@@ -610,8 +690,10 @@ pub struct RequestContext {
     /// The request's type.
     pub message_type: MessageType,
     pub(crate) route: RouteOptions,
-    pub(crate) streams: Option<StreamRegistry>,
-    pub(crate) shutdown: CancellationToken,
+    /// Shared with the connection (an `Arc`: cloning the context for each request
+    /// must not touch the cancellation tokens' locks).
+    pub(crate) streams: Option<Arc<StreamRegistry>>,
+    pub(crate) shutdown: Arc<CancellationToken>,
     pub(crate) status: Option<Arc<dyn Fn() -> ServerStatus + Send + Sync>>,
 }
 
@@ -640,7 +722,7 @@ impl RequestContext {
             message_type,
             route: RouteOptions::default(),
             streams: None,
-            shutdown: CancellationToken::new(),
+            shutdown: Arc::new(CancellationToken::new()),
             status: None,
         }
     }

@@ -10,6 +10,7 @@
 //! go out in order: that is what lets a `PRIORITY` message overtake queued ones.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,7 +34,9 @@ use xtmp_proto::{
     Session, SessionConfig, XTMPError, XTMPFlags, HEADER_LEN,
 };
 
+use crate::client::IdMap;
 use crate::error::XTMPRuntimeError;
+use crate::join::JoinFut;
 use crate::manager::{
     ConnectionType, XTMPConnectionManager, XTMPEncryptionEngine, XTMPKeyManager, XTMPSession,
 };
@@ -52,6 +55,11 @@ use crate::udp_server::{max_udp_reply_body, pre_dispatch, Pre, ServerRel};
 /// Bytes sealed per writer batch before the queues are looked at again (keeps `PRIORITY`
 /// latency low while the socket is busy).
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// Write buffers larger than this are released when a connection goes idle.
+pub(crate) const IDLE_BUF_CAPACITY: usize = 16 * 1024;
+/// Messages the writer takes from one queue per turn of its round robin (one lock and one
+/// wake-up of backpressured pushers per batch instead of per message).
+const FILL_BATCH: usize = 64;
 /// Refused connections being answered at once; beyond this they are closed without an answer.
 const MAX_CONCURRENT_REFUSALS: usize = 1024;
 /// How long a closing connection waits for the peer's end of stream.
@@ -327,7 +335,9 @@ pub(crate) struct ServerShared {
     pub(crate) counters: Arc<ServerCounters>,
     started: Instant,
     local_addr: SocketAddr,
-    pub(crate) shutdown: CancellationToken,
+    /// In an `Arc`: every request's context holds it, and cloning a `CancellationToken`
+    /// locks its tree (shared by all connections).
+    pub(crate) shutdown: Arc<CancellationToken>,
     stopped: CancellationToken,
     pub(crate) tracker: TaskTracker,
     pub(crate) limiter: HandshakeLimiter,
@@ -562,7 +572,7 @@ impl XTMPServer {
             counters: Arc::new(ServerCounters::default()),
             started: Instant::now(),
             local_addr,
-            shutdown: CancellationToken::new(),
+            shutdown: Arc::new(CancellationToken::new()),
             stopped: CancellationToken::new(),
             tracker: TaskTracker::new(),
             by_type: Default::default(),
@@ -750,12 +760,16 @@ pub(crate) struct ConnState {
     priority: VecDeque<Outbound>,
     normal: VecDeque<Outbound>,
     rr: usize,
-    inflight: HashMap<u64, Inflight>,
+    inflight: IdMap<Inflight>,
     pub(crate) closing: Option<Closing>,
     pub(crate) last_received: Instant,
     /// The datagram path (`UdpFast`: the only path; hybrid: the UDP path).
     /// Boxed: most sessions (TCP, WebSocket) never have one, and it is large.
     pub(crate) dgram: Option<Box<DgramState<ServerRel>>>,
+    /// Set by the writer while it fills a batch (see [`ConnState::clock`]).
+    batch_now: Option<std::time::Instant>,
+    /// The writer's scratch for stream messages taken from their queues.
+    stream_batch: Vec<Vec<u8>>,
 }
 
 /// Result of sealing an outgoing message on the path it belongs on.
@@ -781,20 +795,22 @@ impl ConnState {
 
     /// Seals an outgoing message on its path: TCP sessions (and hybrid traffic for TCP)
     /// as before; on a datagram path replies are `RELIABLE` and pushes are not.
+    #[allow(clippy::too_many_arguments)]
     fn seal_routed(
         &mut self,
         counters: &ServerCounters,
         t: MessageType,
         flags: XTMPFlags,
+        prefix: &[u8],
         payload: &[u8],
         udp_hint: bool,
         streaming: bool,
     ) -> Result<Sealed, XTMPError> {
         let Some(dg) = self.dgram.as_ref() else {
-            self.seal(counters, t, flags, payload)?;
+            self.seal_parts(counters, t, flags, prefix, payload)?;
             return Ok(Sealed::Done);
         };
-        let fits = HEADER_LEN + 8 + payload.len() <= dg.opts.budget;
+        let fits = HEADER_LEN + 8 + prefix.len() + payload.len() <= dg.opts.budget;
         let path = if dg.is_primary() {
             PathId::Primary
         } else if streaming {
@@ -805,11 +821,11 @@ impl ConnState {
             PathId::Primary
         };
         if !dg.is_datagram(path) {
-            self.seal(counters, t, flags, payload)?;
+            self.seal_parts(counters, t, flags, prefix, payload)?;
             return Ok(Sealed::Done);
         }
         self.drain_core();
-        let now = std::time::Instant::now();
+        let now = self.clock();
         let ConnState {
             session,
             dgram,
@@ -821,15 +837,17 @@ impl ConnState {
         };
         let primary = dg.is_primary();
         let res = if streaming {
-            dg.seal(session.core_mut(), wbuf, path, t, flags, payload)
+            dg.seal_prefixed(session.core_mut(), wbuf, path, t, flags, prefix, payload)
         } else {
             let Some(id) = dg.sender.reserve_id() else {
                 if primary {
                     return Ok(Sealed::Blocked);
                 }
-                self.seal(counters, t, flags, payload)?;
+                self.seal_parts(counters, t, flags, prefix, payload)?;
                 return Ok(Sealed::Done);
             };
+            // Replies carry no prefix (their correlation number is in `payload`).
+            debug_assert!(prefix.is_empty());
             let r = dg.seal_reliable(session.core_mut(), wbuf, id, t, flags, payload);
             if r.is_ok() {
                 let deadline = now + dg.opts.retransmit_deadline;
@@ -862,7 +880,7 @@ impl ConnState {
                 Ok(Sealed::Done)
             }
             Err(XTMPError::PayloadTooLarge { .. }) if !primary => {
-                self.seal(counters, t, flags, payload)?;
+                self.seal_parts(counters, t, flags, prefix, payload)?;
                 Ok(Sealed::Done)
             }
             Err(XTMPError::PayloadTooLarge { .. }) => {
@@ -885,11 +903,33 @@ impl ConnState {
         flags: XTMPFlags,
         payload: &[u8],
     ) -> Result<u64, XTMPError> {
+        self.seal_parts(counters, t, flags, &[], payload)
+    }
+
+    /// The time for activity stamps: the writer's batch time while it fills (one clock
+    /// read per batch instead of one per message), else now.
+    fn clock(&self) -> std::time::Instant {
+        self.batch_now.unwrap_or_else(std::time::Instant::now)
+    }
+
+    /// Seals `prefix ‖ payload` on the primary path.
+    fn seal_parts(
+        &mut self,
+        counters: &ServerCounters,
+        t: MessageType,
+        flags: XTMPFlags,
+        prefix: &[u8],
+        payload: &[u8],
+    ) -> Result<u64, XTMPError> {
         self.drain_core();
-        let seq = self
-            .session
-            .core_mut()
-            .seal(t, flags, payload, &mut self.wbuf)?;
+        let seq = self.session.core_mut().seal_on_prefixed(
+            PathId::Primary,
+            t,
+            flags,
+            prefix,
+            payload,
+            &mut self.wbuf,
+        )?;
         self.session.counters.messages_sent += 1;
         ServerCounters::add(&counters.messages_sent, 1);
         if t == MessageType::Error {
@@ -899,7 +939,7 @@ impl ConnState {
                 .map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
             counters.error_sent(ErrorCode(code));
         } else {
-            self.session.last_activity = std::time::Instant::now();
+            self.session.last_activity = self.clock();
         }
         Ok(seq)
     }
@@ -945,7 +985,8 @@ pub(crate) struct ServerConn {
     inflight_slots: Arc<Semaphore>,
     inflight_done: Notify,
     pub(crate) close: CancellationToken,
-    streams: StreamRegistry,
+    /// In an `Arc`: every request's context holds it (see `RequestContext`).
+    streams: Arc<StreamRegistry>,
     pub(crate) shared: Arc<ServerShared>,
     status_fn: Arc<dyn Fn() -> ServerStatus + Send + Sync>,
 }
@@ -1075,8 +1116,13 @@ impl ServerConn {
         } else {
             XTMPFlags::empty()
         };
+        // A handler that answers nothing (a one-way message without ack) queues nothing:
+        // the writer then need not run, unless it waits for the handlers to finish.
+        let mut queued = true;
         match outcome {
             Ok(reply) => {
+                queued = entry.flags.contains(XTMPFlags::REQUIRES_ACK)
+                    || matches!(reply, Reply::Response(_));
                 if entry.flags.contains(XTMPFlags::REQUIRES_ACK) {
                     self.push(
                         &mut st,
@@ -1136,20 +1182,39 @@ impl ServerConn {
                 );
             }
         }
+        let closing = st.closing.is_some();
         drop(st);
-        self.wake.notify_one();
+        if queued || closing {
+            self.wake.notify_one();
+        }
         self.inflight_done.notify_one();
     }
 
     /// Seals queued messages into the write buffer until `limit` bytes are buffered:
-    /// priority queue, priority streams, then normal queue and streams round-robin.
+    /// priority queue, priority streams, then normal queue and streams round-robin
+    /// (each turn takes a batch of up to [`FILL_BATCH`] messages from one queue).
     fn fill(&self, st: &mut ConnState, limit: usize) -> Result<(), XTMPError> {
+        st.batch_now = Some(std::time::Instant::now());
+        let r = self.fill_inner(st, limit);
+        st.batch_now = None;
+        r
+    }
+
+    fn fill_inner(&self, st: &mut ConnState, limit: usize) -> Result<(), XTMPError> {
         let counters = &self.shared.counters;
         let engine = &self.shared.manager.encryption_engine;
         let streams: Vec<Arc<StreamQueue>> = self.streams.snapshot();
         // `false`: the message went back to the front of its queue (no RELIABLE id yet).
         let seal_out = |st: &mut ConnState, o: Outbound, prio: bool| -> Result<bool, XTMPError> {
-            match st.seal_routed(counters, o.message_type, o.flags, &o.payload, o.udp, false)? {
+            match st.seal_routed(
+                counters,
+                o.message_type,
+                o.flags,
+                &[],
+                &o.payload,
+                o.udp,
+                false,
+            )? {
                 Sealed::Blocked => {
                     if prio {
                         st.priority.push_front(o);
@@ -1168,51 +1233,69 @@ impl ServerConn {
             }
             Ok(true)
         };
-        let seal_stream =
-            |st: &mut ConnState, s: &StreamQueue, body: Vec<u8>| -> Result<(), XTMPError> {
-                let mut p = Vec::with_capacity(8 + body.len());
-                p.extend_from_slice(&s.stream_id.to_be_bytes());
-                p.extend_from_slice(&body);
-                let mut flags = XTMPFlags::STREAMING | engine.flags_for(body.len());
-                if s.priority {
-                    flags |= XTMPFlags::PRIORITY;
+        // Seals a batch taken from stream `s` within `room` bytes; `false` if it had nothing.
+        let seal_stream_batch =
+            |st: &mut ConnState, s: &StreamQueue, room: usize| -> Result<bool, XTMPError> {
+                let mut batch = std::mem::take(&mut st.stream_batch);
+                batch.clear();
+                if s.pop_batch(&mut batch, FILL_BATCH, room, HEADER_LEN + 8) == 0 {
+                    st.stream_batch = batch;
+                    return Ok(false);
                 }
-                st.seal_routed(counters, s.message_type, flags, &p, false, true)
-                    .map(|_| ())
+                let id = s.stream_id.to_be_bytes();
+                let mut res = Ok(());
+                for body in batch.drain(..) {
+                    if res.is_err() {
+                        continue;
+                    }
+                    let mut flags = XTMPFlags::STREAMING | engine.flags_for(body.len());
+                    if s.priority {
+                        flags |= XTMPFlags::PRIORITY;
+                    }
+                    res = st
+                        .seal_routed(counters, s.message_type, flags, &id, &body, false, true)
+                        .map(|_| ());
+                }
+                st.stream_batch = batch;
+                res.map(|()| true)
             };
         let buffered =
             |st: &ConnState| st.wbuf.len() + st.dgram.as_ref().map_or(0, |d| d.dbuf.len());
-        while buffered(st) < limit {
+        'fill: while buffered(st) < limit {
             if let Some(o) = st.priority.pop_front() {
                 if !seal_out(st, o, true)? {
                     break;
                 }
                 continue;
             }
-            if let Some((s, body)) = streams
-                .iter()
-                .filter(|s| s.priority)
-                .find_map(|s| s.pop().map(|b| (s, b)))
-            {
-                seal_stream(st, s, body)?;
-                continue;
+            let room = limit - buffered(st);
+            for s in streams.iter().filter(|s| s.priority) {
+                if seal_stream_batch(st, s, room)? {
+                    continue 'fill;
+                }
             }
             let n = 1 + streams.len();
             let mut sent = false;
             for i in 0..n {
                 let idx = (st.rr + i) % n;
                 if idx == 0 {
-                    if let Some(o) = st.normal.pop_front() {
+                    let mut k = 0;
+                    while k < FILL_BATCH && buffered(st) < limit {
+                        let Some(o) = st.normal.pop_front() else {
+                            break;
+                        };
                         if !seal_out(st, o, false)? {
                             break;
                         }
-                        sent = true;
+                        k += 1;
                     }
+                    if k == 0 && !st.normal.is_empty() {
+                        // Blocked (no RELIABLE id): wait for acknowledgements.
+                        break;
+                    }
+                    sent = k > 0;
                 } else if let Some(s) = streams.get(idx - 1) {
-                    if let Some(body) = s.pop() {
-                        seal_stream(st, s, body)?;
-                        sent = true;
-                    }
+                    sent = seal_stream_batch(st, s, room)?;
                 }
                 if sent {
                     st.rr = idx + 1;
@@ -1335,7 +1418,7 @@ async fn handle_connection<S: StreamTransport>(
         return;
     };
     let session_id = conn.session_id;
-    tokio::join!(conn_reader(conn.clone(), fr), conn_writer(conn.clone(), w));
+    run_conn_io(&conn, fr, w).await;
     conn.close.cancel();
     shared.manager.remove(session_id);
     conn.abort_inflight();
@@ -1482,7 +1565,7 @@ pub(crate) fn build_conn(
         Some(d) if d.is_primary() => (d.opts.max_payload() * 8).saturating_sub(8),
         _ => (shared.opts.max_payload as usize).saturating_sub(8),
     };
-    let streams = StreamRegistry {
+    let streams = Arc::new(StreamRegistry {
         streams: Arc::new(Mutex::new(Vec::new())),
         wake: wake.clone(),
         closed: close.clone(),
@@ -1490,7 +1573,7 @@ pub(crate) fn build_conn(
         max_body,
         counters: shared.counters.clone(),
         session_dropped: xs.stream_dropped.clone(),
-    };
+    });
     Arc::new(ServerConn {
         session_id,
         peer,
@@ -1502,10 +1585,12 @@ pub(crate) fn build_conn(
             priority: VecDeque::new(),
             normal: VecDeque::new(),
             rr: 0,
-            inflight: HashMap::new(),
+            inflight: IdMap::default(),
             closing: None,
             last_received: now,
             dgram: dgram.map(Box::new),
+            batch_now: None,
+            stream_batch: Vec::new(),
         }),
         wake,
         drained: Notify::new(),
@@ -1519,6 +1604,19 @@ pub(crate) fn build_conn(
     })
 }
 
+/// Runs an established connection's reader and writer in this task until both end. A
+/// reply the reader queues (handlers that finish at once are answered inline) reaches
+/// the writer without a wake-up of the task ([`crate::join`]).
+async fn run_conn_io<R, W>(conn: &Arc<ServerConn>, fr: FrameReader<R>, w: W)
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let reader = std::pin::pin!(conn_reader(conn.clone(), fr));
+    let writer = std::pin::pin!(conn_writer(conn.clone(), w));
+    crate::join::join_pinned(&mut [Some(reader as JoinFut<'_>), Some(writer)]).await;
+}
+
 async fn conn_reader<R: AsyncRead + Unpin>(conn: Arc<ServerConn>, mut fr: FrameReader<R>) {
     let counters = conn.shared.counters.clone();
     let count_rx = move |n: u64| ServerCounters::add(&counters.bytes_received, n);
@@ -1526,18 +1624,28 @@ async fn conn_reader<R: AsyncRead + Unpin>(conn: Arc<ServerConn>, mut fr: FrameR
     let mut peer_gone = false;
     loop {
         let res = tokio::select! {
+            // A buffered frame first: its cancellation future is then never polled.
+            biased;
             r = fr.next_frame(read_timeout, &count_rx) => r,
             _ = conn.close.cancelled() => break,
         };
         match res {
-            Ok(Some(frame)) => {
-                if !process_frame(&conn, frame).await {
-                    break;
+            Ok(Some(frame)) => match process_frame(&conn, frame) {
+                Step::Stop => break,
+                Step::Continue => {}
+                Step::WriterBehind => {
+                    if !wait_for_writer(&conn).await {
+                        break;
+                    }
                 }
-                if !wait_for_writer(&conn).await {
-                    break;
+                Step::Wait(w) => {
+                    // Boxed: rare, and the connection task's future stays small.
+                    Box::pin(dispatch_wait(&conn, w)).await;
+                    if conn.close.is_cancelled() {
+                        break;
+                    }
                 }
-            }
+            },
             Ok(None) => {
                 peer_gone = true;
                 conn.set_closing(Closing::PeerGone);
@@ -1590,18 +1698,29 @@ async fn wait_for_writer(conn: &ServerConn) -> bool {
     }
 }
 
+/// What the reader does after a frame.
+enum Step {
+    Continue,
+    /// More than [`WBUF_LIMIT`] sealed bytes wait for the writer: pause reading.
+    WriterBehind,
+    /// The message waits for room in the queues: pause reading.
+    Wait(Box<Waiting>),
+    Stop,
+}
+
 enum Incoming {
-    Message(Header, Vec<u8>),
+    /// An admitted application message (counted) and what to do with it.
+    Message(Header, Vec<u8>, Admission),
     Refuse(u64, ErrorCode, &'static str),
     Nothing,
     Stop,
 }
 
-/// Opens one frame and dispatches it. Returns `false` when the connection must stop reading.
-async fn process_frame(conn: &Arc<ServerConn>, mut frame: BytesMut) -> bool {
+/// Opens one frame and dispatches it.
+fn process_frame(conn: &Arc<ServerConn>, mut frame: BytesMut) -> Step {
     let now = Instant::now();
     let counters = &conn.shared.counters;
-    let incoming = {
+    let (incoming, behind) = {
         let mut st = lock(&conn.state);
         let res = st
             .session
@@ -1619,7 +1738,8 @@ async fn process_frame(conn: &Arc<ServerConn>, mut frame: BytesMut) -> bool {
                                 if let (Some(id), Some(dg)) = (id, st.dgram.as_mut()) {
                                     dg.receiver.accept(id);
                                 }
-                                Incoming::Message(h, p.into_owned())
+                                let admission = admit_locked(conn, &mut st, now, &h, &p);
+                                Incoming::Message(h, p.into_owned(), admission)
                             }
                             Pre::Handled => Incoming::Nothing,
                             Pre::Refuse(seq, code, reason) => Incoming::Refuse(seq, code, reason),
@@ -1660,18 +1780,27 @@ async fn process_frame(conn: &Arc<ServerConn>, mut frame: BytesMut) -> bool {
         {
             conn.wake.notify_one();
         }
-        incoming
+        // Only the reader adds to `wbuf` outside the writer's own fills (core answers
+        // such as pongs), so this is the moment to check it.
+        (incoming, st.wbuf.len() > WBUF_LIMIT)
+    };
+    let next = if behind {
+        Step::WriterBehind
+    } else {
+        Step::Continue
     };
     match incoming {
-        Incoming::Nothing => true,
-        Incoming::Stop => false,
+        Incoming::Nothing => next,
+        Incoming::Stop => Step::Stop,
         Incoming::Refuse(seq, code, reason) => {
             conn.enqueue_error(seq, code, reason, None, false, false);
-            true
+            next
         }
-        Incoming::Message(header, payload) => {
-            dispatch(conn, header, payload).await;
-            true
+        Incoming::Message(header, payload, admission) => {
+            match dispatch_now(conn, header, payload, admission) {
+                None => next,
+                Some(w) => Step::Wait(w),
+            }
         }
     }
 }
@@ -1687,52 +1816,67 @@ enum Admission {
 }
 
 fn admit(conn: &Arc<ServerConn>, header: &Header, payload: &[u8]) -> Admission {
+    let mut st = lock(&conn.state);
+    admit_locked(conn, &mut st, Instant::now(), header, payload)
+}
+
+/// [`admit`] with the connection state already locked (the reader holds it to open the
+/// frame; the route lookup does not touch the state).
+fn admit_locked(
+    conn: &Arc<ServerConn>,
+    st: &mut ConnState,
+    now: Instant,
+    header: &Header,
+    payload: &[u8],
+) -> Admission {
     let t = header.message_type;
     let shared = &conn.shared;
     ServerCounters::add(&shared.counters.messages_received, 1);
-    {
-        let mut st = lock(&conn.state);
-        st.session.counters.messages_received += 1;
-        st.session.last_activity = Instant::now().into_std();
-        match t {
-            MessageType::Error => {
-                st.session.counters.errors_received += 1;
-                if let Ok(e) = ErrorPayload::decode(payload) {
-                    debug!(code = ?e.code, request_seq = e.request_seq, reason = %e.reason, "peer reported an error");
-                }
-                return Admission::Consumed;
+    st.session.counters.messages_received += 1;
+    st.session.last_activity = now.into_std();
+    match t {
+        MessageType::Error => {
+            st.session.counters.errors_received += 1;
+            if let Ok(e) = ErrorPayload::decode(payload) {
+                debug!(code = ?e.code, request_seq = e.request_seq, reason = %e.reason, "peer reported an error");
             }
-            // The server sends nothing that asks for an acknowledgement.
-            MessageType::Ack => return Admission::Consumed,
-            _ => {}
+            return Admission::Consumed;
         }
+        // The server sends nothing that asks for an acknowledgement.
+        MessageType::Ack => return Admission::Consumed,
+        _ => {}
     }
-    let route = shared.manager.message_router.route(t).cloned();
     if is_reserved(t) || xtmp_proto::datagram::is_datagram_control(t) {
-        Admission::Refuse(
+        return Admission::Refuse(
             ErrorCode::NOT_PERMITTED,
             format!("{t:?} may not be sent to the server"),
-        )
-    } else if shared.shutdown.is_cancelled() {
-        Admission::Refuse(ErrorCode::SHUTTING_DOWN, "server is shutting down".into())
-    } else {
-        match route {
-            None => Admission::Refuse(
-                ErrorCode::UNKNOWN_MESSAGE_TYPE,
-                format!("no handler for {t:?}"),
-            ),
-            Some(r) if r.options.require_client_key && conn.client_key.is_none() => {
-                Admission::Refuse(
-                    ErrorCode::UNAUTHORIZED,
-                    format!("{t:?} requires an authenticated client key"),
-                )
-            }
-            Some(r) => Admission::Run(r),
-        }
+        );
+    }
+    if shared.shutdown.is_cancelled() {
+        return Admission::Refuse(ErrorCode::SHUTTING_DOWN, "server is shutting down".into());
+    }
+    match shared.manager.message_router.route(t) {
+        None => Admission::Refuse(
+            ErrorCode::UNKNOWN_MESSAGE_TYPE,
+            format!("no handler for {t:?}"),
+        ),
+        Some(r) if r.options.require_client_key && conn.client_key.is_none() => Admission::Refuse(
+            ErrorCode::UNAUTHORIZED,
+            format!("{t:?} requires an authenticated client key"),
+        ),
+        Some(r) => Admission::Run(r.clone()),
     }
 }
 
 /// Runs the handler of an admitted message (its queue slot and in-flight permit held).
+///
+/// With `inline`, the handler's future is first polled right here, on the connection's
+/// task: a handler that completes without waiting (echo, sinks, lookups) is answered
+/// without a task of its own and without a hand-off between threads. One that has to wait
+/// continues in a spawned task exactly as before (that task polls it again at once, with
+/// its own waker). Either way the in-flight permit bounds the handlers running at once and
+/// the reply goes through the same queues.
+#[allow(clippy::too_many_arguments)]
 fn start_handler(
     conn: &Arc<ServerConn>,
     header: Header,
@@ -1741,13 +1885,22 @@ fn start_handler(
     slot: OwnedSemaphorePermit,
     permit: OwnedSemaphorePermit,
     udp: bool,
+    inline: bool,
 ) {
     let t = header.message_type;
     let seq = header.sequence_number;
     let shared = &conn.shared;
     // Hybrid once a UDP path was granted; the peer's current address (it roams on UDP).
     let (connection_type, peer_address) = {
-        let st = lock(&conn.state);
+        let mut st = lock(&conn.state);
+        st.inflight.insert(
+            seq,
+            Inflight {
+                flags: header.flags,
+                abort: None,
+                udp,
+            },
+        );
         (st.session.connection_type, st.session.peer_address)
     };
     let ctx = RequestContext {
@@ -1768,18 +1921,11 @@ fn start_handler(
         sequence_number: seq,
         payload,
     };
-    lock(&conn.state).inflight.insert(
-        seq,
-        Inflight {
-            flags: header.flags,
-            abort: None,
-            udp,
-        },
+    let mut fut = crate::router::HandlerScope(
+        std::panic::AssertUnwindSafe(route.call(ctx, req)).catch_unwind(),
     );
-    let fut = route.call(ctx, req);
-    let c2 = conn.clone();
-    let handle = tokio::spawn(async move {
-        let outcome = match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+    let handler_outcome =
+        |r: std::thread::Result<Result<Reply, crate::router::HandlerError>>| match r {
             Ok(r) => r,
             Err(_) => {
                 warn!("handler panicked");
@@ -1789,6 +1935,17 @@ fn start_handler(
                 ))
             }
         };
+    if inline {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(r) = std::pin::Pin::new(&mut fut).poll(&mut cx) {
+            conn.complete(seq, t, handler_outcome(r), slot);
+            drop(permit);
+            return;
+        }
+    }
+    let c2 = conn.clone();
+    let handle = tokio::spawn(async move {
+        let outcome = handler_outcome(fut.await);
         c2.complete(seq, t, outcome, slot);
         drop(permit);
     });
@@ -1797,33 +1954,106 @@ fn start_handler(
     }
 }
 
-async fn dispatch(conn: &Arc<ServerConn>, header: Header, payload: Vec<u8>) {
-    let priority = header.flags.contains(XTMPFlags::PRIORITY);
-    let seq = header.sequence_number;
-    let admission = admit(conn, &header, &payload);
+/// An admitted message that has to wait for room (queue slot, then in-flight permit).
+struct Waiting {
+    header: Header,
+    payload: Vec<u8>,
+    admission: Admission,
+    slot: Option<OwnedSemaphorePermit>,
+}
+
+/// Dispatches an admitted message if the queue slot and the in-flight permit are free at
+/// once (the usual case); otherwise gives it back to wait for them ([`dispatch_wait`]).
+fn dispatch_now(
+    conn: &Arc<ServerConn>,
+    header: Header,
+    payload: Vec<u8>,
+    admission: Admission,
+) -> Option<Box<Waiting>> {
     if matches!(admission, Admission::Consumed) {
-        return;
+        return None;
     }
     // Reserve the reply's queue slot first: a full queue pauses reading (backpressure).
-    let slot = tokio::select! {
-        p = conn.queue_slots.clone().acquire_owned() => p.ok(),
-        _ = conn.close.cancelled() => None,
+    let Ok(slot) = conn.queue_slots.clone().try_acquire_owned() else {
+        return Some(Box::new(Waiting {
+            header,
+            payload,
+            admission,
+            slot: None,
+        }));
     };
-    let Some(slot) = slot else { return };
     let route = match admission {
-        Admission::Refuse(code, reason) => {
-            conn.enqueue_error(seq, code, &reason, Some(slot), priority, false);
+        Admission::Run(r) => r,
+        other => {
+            refuse_or_consume(conn, &header, other, slot);
+            return None;
+        }
+    };
+    let Ok(permit) = conn.inflight_slots.clone().try_acquire_owned() else {
+        return Some(Box::new(Waiting {
+            header,
+            payload,
+            admission: Admission::Run(route),
+            slot: Some(slot),
+        }));
+    };
+    start_handler(conn, header, payload, route, slot, permit, false, true);
+    None
+}
+
+fn refuse_or_consume(
+    conn: &Arc<ServerConn>,
+    header: &Header,
+    admission: Admission,
+    slot: OwnedSemaphorePermit,
+) {
+    if let Admission::Refuse(code, reason) = admission {
+        let priority = header.flags.contains(XTMPFlags::PRIORITY);
+        conn.enqueue_error(
+            header.sequence_number,
+            code,
+            &reason,
+            Some(slot),
+            priority,
+            false,
+        );
+    }
+}
+
+/// [`dispatch_now`]'s slow path: waits for the queue slot, then for the in-flight permit
+/// (reading pauses meanwhile). Boxed by the caller: rare, and it keeps the connection
+/// task's future small.
+async fn dispatch_wait(conn: &Arc<ServerConn>, w: Box<Waiting>) {
+    let Waiting {
+        header,
+        payload,
+        admission,
+        slot,
+    } = *w;
+    let slot = match slot {
+        Some(s) => s,
+        None => {
+            let slot = tokio::select! {
+                p = conn.queue_slots.clone().acquire_owned() => p.ok(),
+                _ = conn.close.cancelled() => None,
+            };
+            let Some(slot) = slot else { return };
+            slot
+        }
+    };
+    let route = match admission {
+        Admission::Run(r) => r,
+        other => {
+            refuse_or_consume(conn, &header, other, slot);
             return;
         }
-        Admission::Run(r) => r,
-        Admission::Consumed => return,
     };
     let permit = tokio::select! {
         p = conn.inflight_slots.clone().acquire_owned() => p.ok(),
         _ = conn.close.cancelled() => None,
     };
     let Some(permit) = permit else { return };
-    start_handler(conn, header, payload, route, slot, permit, false);
+    start_handler(conn, header, payload, route, slot, permit, false, true);
 }
 
 /// Dispatch without waiting (datagram paths): `false` when the queues are full and the
@@ -1847,7 +2077,10 @@ pub(crate) fn try_dispatch(
         Admission::Refuse(code, reason) => {
             conn.enqueue_error(seq, code, &reason, Some(slot), priority, udp);
         }
-        Admission::Run(route) => start_handler(conn, header, payload, route, slot, permit, udp),
+        // The UDP endpoint serves every session from one task: handlers get their own.
+        Admission::Run(route) => {
+            start_handler(conn, header, payload, route, slot, permit, udp, false)
+        }
     }
     true
 }
@@ -1858,12 +2091,16 @@ async fn conn_writer<W: AsyncWrite + Unpin>(conn: Arc<ServerConn>, mut w: W) {
     let counters = shared.counters.clone();
     let mut next_heartbeat = Instant::now() + opts.heartbeat_interval;
     let mut drain_deadline: Option<Instant> = None;
+    // The batch being written; swapped with the (emptied) write buffer each round, so a
+    // busy connection reuses two buffers instead of growing a new one per batch.
+    let mut batch: Vec<u8> = Vec::new();
     loop {
         let now = Instant::now();
         if drain_deadline.is_none() && shared.shutdown.is_cancelled() {
             drain_deadline = Some(now + opts.drain_timeout);
         }
-        let (batch, dbatch, dpeer, finished, deadline) = {
+        batch.clear();
+        let (dbatch, dpeer, finished, deadline) = {
             let mut st = lock(&conn.state);
             let st = &mut *st;
             if st.closing.is_none() {
@@ -2006,7 +2243,7 @@ async fn conn_writer<W: AsyncWrite + Unpin>(conn: Arc<ServerConn>, mut w: W) {
                     finished = true;
                 }
             }
-            let batch = std::mem::take(&mut st.wbuf);
+            std::mem::swap(&mut batch, &mut st.wbuf);
             let mut deadline = next_heartbeat.min(idle_deadline);
             if let Some(t) = st.session.core().poll_timeout() {
                 deadline = deadline.min(Instant::from_std(t));
@@ -2026,10 +2263,22 @@ async fn conn_writer<W: AsyncWrite + Unpin>(conn: Arc<ServerConn>, mut w: W) {
                 }
                 None => (Vec::new(), None),
             };
-            (batch, dbatch, dpeer, finished, deadline)
+            if batch.is_empty() && dbatch.is_empty() {
+                // Going idle: do not hold large buffers for an idle session.
+                if st.wbuf.capacity() > IDLE_BUF_CAPACITY {
+                    st.wbuf = Vec::new();
+                }
+                if st.stream_batch.capacity() > 0 {
+                    st.stream_batch = Vec::new();
+                }
+            }
+            (dbatch, dpeer, finished, deadline)
         };
         conn.drained.notify_waiters();
         let wrote = !batch.is_empty() || !dbatch.is_empty();
+        if !wrote && batch.capacity() > IDLE_BUF_CAPACITY {
+            batch = Vec::new();
+        }
         if !batch.is_empty() {
             match write_all_timeout(&mut w, &batch, opts.write_timeout).await {
                 Ok(()) => ServerCounters::add(&counters.bytes_sent, batch.len() as u64),

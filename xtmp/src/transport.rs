@@ -20,6 +20,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> StreamTransport for T {
 
 /// Initial read buffer; grows only to the size of a validated frame header's frame.
 const INITIAL_READ_BUF: usize = 4096;
+/// Read size while the peer keeps the buffer full (a stream of frames): many small frames
+/// per system call instead of a few.
+const BUSY_READ_BUF: usize = 64 * 1024;
 /// At most this much is read and discarded while lingering on close.
 const LINGER_MAX_BYTES: usize = 256 * 1024;
 
@@ -40,8 +43,12 @@ pub(crate) struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
     max_payload: u32,
-    /// When the first byte of the current (incomplete) frame arrived.
+    /// When the current (incomplete) frame must be complete: `read_timeout` after its first
+    /// byte arrived, or after the reader came back for it (set only once a read has to
+    /// wait, so frames already buffered cost no clock read).
     frame_deadline: Option<Instant>,
+    /// The last read filled all the room it had: more is probably waiting, read bigger.
+    busy: bool,
     /// Bytes read so far (for counters).
     pub(crate) bytes_read: u64,
     /// Free the read buffer after this long without data between frames.
@@ -58,6 +65,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             buf: BytesMut::with_capacity(INITIAL_READ_BUF),
             max_payload,
             frame_deadline: None,
+            busy: false,
             bytes_read: 0,
             idle_release: None,
             released: false,
@@ -85,11 +93,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             match deframe::frame_len(&self.buf, self.max_payload) {
                 Ok(Some(n)) => {
                     let frame = self.buf.split_to(n);
-                    self.frame_deadline = if self.buf.is_empty() {
-                        None
-                    } else {
-                        Some(Instant::now() + read_timeout)
-                    };
+                    self.frame_deadline = None;
                     return Ok(Some(frame));
                 }
                 Ok(None) => {}
@@ -104,10 +108,24 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             } else {
                 INITIAL_READ_BUF
             };
-            let idle = self.buf.is_empty() && self.frame_deadline.is_none();
+            // Between frames (a started frame has or gets a deadline below).
+            let idle = self.buf.is_empty();
+            if idle && !self.busy && self.buf.capacity() > 4 * INITIAL_READ_BUF {
+                // Quiet again after a burst or a large frame: do not keep its buffer.
+                self.buf = BytesMut::with_capacity(INITIAL_READ_BUF);
+            }
+            let want = if self.busy {
+                want.max(BUSY_READ_BUF)
+            } else {
+                want
+            };
             if !(idle && self.released) && self.buf.capacity() - self.buf.len() < want.min(1 << 20)
             {
                 self.buf.reserve(want.clamp(1, 1 << 20));
+            }
+            let room = self.buf.capacity() - self.buf.len();
+            if self.frame_deadline.is_none() && !idle {
+                self.frame_deadline = Some(Instant::now() + read_timeout);
             }
             let n = match (self.frame_deadline, self.idle_release) {
                 (None, Some(after)) if idle && !self.released => {
@@ -142,11 +160,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()));
             }
             self.released = false;
+            self.busy = room > 0 && n >= room;
             self.bytes_read += n as u64;
             bytes_counter(n as u64);
-            if self.frame_deadline.is_none() {
-                self.frame_deadline = Some(Instant::now() + read_timeout);
-            }
         }
     }
 

@@ -776,16 +776,31 @@ impl<T: ReliableItem> DgramState<T> {
         flags: XTMPFlags,
         payload: &[u8],
     ) -> Result<u64, XTMPError> {
+        self.seal_prefixed(core, wbuf, path, t, flags, &[], payload)
+    }
+
+    /// [`DgramState::seal`] of the payload `prefix ‖ body` (no copy of the two together).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn seal_prefixed(
+        &mut self,
+        core: &mut Session,
+        wbuf: &mut Vec<u8>,
+        path: PathId,
+        t: MessageType,
+        flags: XTMPFlags,
+        prefix: &[u8],
+        body: &[u8],
+    ) -> Result<u64, XTMPError> {
         let budget = self.opts.budget;
         let datagram = self.is_datagram(path);
         let buf = self.buffer(path, wbuf);
         let start = buf.len();
-        let seq = core.seal_on(path, t, flags, payload, buf)?;
+        let seq = core.seal_on_prefixed(path, t, flags, prefix, body, buf)?;
         if datagram && buf.len() - start > budget {
             buf.truncate(start);
             self.counters.too_large += 1;
             return Err(XTMPError::PayloadTooLarge {
-                length: u32::try_from(payload.len()).unwrap_or(u32::MAX),
+                length: u32::try_from(prefix.len() + body.len()).unwrap_or(u32::MAX),
                 max: u32::try_from(budget - HEADER_LEN).unwrap_or(u32::MAX),
             });
         }

@@ -446,3 +446,40 @@ async fn compression_applies_above_the_threshold() {
     assert_eq!(r.body.len(), 8192);
     server.shutdown().await;
 }
+
+/// Fire-and-forget sends return once queued (bounded by `max_in_flight`) and go out in
+/// order; `close` writes what is still queued before it says goodbye.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fire_and_forget_is_bounded_ordered_and_flushed_on_close() {
+    const N: u64 = 2000;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let mut router = XTMPMessageRouter::new();
+    router.register(MessageType::BundleSubmit, move |_ctx, req| {
+        let s = s2.clone();
+        async move {
+            let i = u64::from_be_bytes(req.payload[..8].try_into().unwrap());
+            s.lock().unwrap().push(i);
+            Ok(Reply::None)
+        }
+    });
+    let server = start(router, |_| {}).await;
+    let mut o = client_options();
+    o.max_in_flight = 8;
+    let c = XTMPClient::connect(server.local_addr(), o).await.unwrap();
+    for i in 0..N {
+        let mut body = i.to_be_bytes().to_vec();
+        body.resize(512, 0);
+        c.send(MessageType::BundleSubmit, body, false)
+            .await
+            .unwrap();
+    }
+    // Most of them may still be queued here; close must write them first.
+    c.close().await;
+    eventually("every fire-and-forget message handled", || {
+        seen.lock().unwrap().len() as u64 == N
+    })
+    .await;
+    assert_eq!(*seen.lock().unwrap(), (0..N).collect::<Vec<_>>());
+    server.shutdown().await;
+}

@@ -66,7 +66,7 @@ pub(super) struct ClientDgram {
     aliases: HashMap<u64, u64>,
     /// Per stream id, the newest push delivered (older ones arriving late are dropped, so
     /// a stream is delivered in order, with gaps).
-    stream_last: HashMap<u64, u64>,
+    stream_last: super::IdMap<u64>,
     /// Hybrid: where the granted UDP path goes (the TCP address, until the grant names the
     /// port).
     tcp_addr: SocketAddr,
@@ -92,7 +92,7 @@ impl ClientDgram {
             ),
             io,
             aliases: HashMap::new(),
-            stream_last: HashMap::new(),
+            stream_last: super::IdMap::default(),
             tcp_addr,
             udp_override: opts.udp_address,
             pushes_late: 0,
@@ -288,7 +288,7 @@ pub(super) async fn establish_udp(
         st,
         io,
         aliases: HashMap::new(),
-        stream_last: HashMap::new(),
+        stream_last: super::IdMap::default(),
         tcp_addr: server,
         udp_override: None,
         pushes_late: 0,
@@ -309,6 +309,7 @@ pub(super) async fn establish_udp(
 pub(super) fn first_seq(st: &CState, seq: u64) -> u64 {
     st.dgram
         .as_ref()
+        .filter(|d| !d.aliases.is_empty())
         .and_then(|d| d.aliases.get(&seq).copied())
         .unwrap_or(seq)
 }
@@ -370,7 +371,11 @@ pub(super) fn pre_message<'a>(
             let mut a = [0u8; 8];
             a.copy_from_slice(id);
             let raw_id = u64::from_be_bytes(a);
-            let stream_id = d.aliases.get(&raw_id).copied().unwrap_or(raw_id);
+            let stream_id = if d.aliases.is_empty() {
+                raw_id
+            } else {
+                d.aliases.get(&raw_id).copied().unwrap_or(raw_id)
+            };
             // Only streams this client subscribed to are tracked (bounded); the rest
             // are orphans, counted by the caller.
             if !streams.contains_key(&stream_id) {
@@ -489,7 +494,7 @@ pub(super) fn seal_outbound(
         dgram, core, wbuf, ..
     } = st;
     let d = dgram.as_mut()?;
-    let reliable = !matches!(o.kind, OutKind::Fire(_));
+    let reliable = !matches!(o.kind, OutKind::Queued(_));
     let overhead = HEADER_LEN + if reliable { 8 } else { 0 };
     let fits = overhead + o.payload.len() <= d.st.opts.budget;
     let primary = d.st.is_primary();
@@ -557,10 +562,13 @@ fn finish(
 /// The UDP receive task of a `UdpFast` or hybrid connection.
 pub(super) async fn udp_reader(inner: Arc<ClientInner>, conn: Arc<ClientConn>, io: Arc<UdpIo>) {
     let mut batch = RecvBatch::new(CLIENT_RECV_SLOTS);
+    let cancelled = conn.close.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let n = tokio::select! {
+            biased;
             r = io.recv(&mut batch) => r,
-            _ = conn.close.cancelled() => return,
+            _ = &mut cancelled => return,
         };
         let n = match n {
             Ok(n) => n,
@@ -603,24 +611,23 @@ pub(super) async fn udp_reader(inner: Arc<ClientInner>, conn: Arc<ClientConn>, i
 /// A push that arrived over UDP: a full subscription drops it (and counts it) instead of
 /// stalling the socket.
 fn deliver_push(inner: &ClientInner, conn: &ClientConn, sub_id: u64, msg: PushedMessage) {
-    let tx = {
+    let delivered = {
         let mut subs = lock(&inner.subs);
         match subs.get_mut(&sub_id) {
             Some(s) => {
                 if let Some(g) = s.gap.take() {
                     let _ = s.tx.try_send(Err(g));
                 }
-                Some(s.tx.clone())
+                Some(s.tx.try_send(Ok(msg)).is_ok())
             }
             None => None,
         }
     };
-    match tx {
-        Some(tx) => {
-            if tx.try_send(Ok(msg)).is_err() {
-                if let Some(d) = lock(&conn.state).dgram.as_mut() {
-                    d.pushes_dropped += 1;
-                }
+    match delivered {
+        Some(true) => {}
+        Some(false) => {
+            if let Some(d) = lock(&conn.state).dgram.as_mut() {
+                d.pushes_dropped += 1;
             }
         }
         None => {
