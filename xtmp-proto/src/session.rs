@@ -280,10 +280,19 @@ fn lazy_window(slot: &mut Option<Box<ReplayWindow>>) -> &mut ReplayWindow {
     slot.get_or_insert_with(|| Box::new(ReplayWindow::new()))
 }
 
-fn rotation_delay(side: Side, interval: Duration) -> Duration {
+/// When a side starts the next key update on its own (`PROTOCOL.md` §5.7): the client
+/// after `interval × (1 − j)` with `j` in `[0, 0.1)` derived from the generation's rekey
+/// secret, so sessions opened together (a reconnect storm, a load test) do not all rotate
+/// in the same second; the server after `1.1 × interval`, so the client normally starts.
+fn rotation_delay(side: Side, interval: Duration, rekey: &[u8; 32]) -> Duration {
     match side {
-        Side::Client => interval,
-        // The server waits 10 % longer so the client normally initiates.
+        Side::Client => {
+            let h = kdf::sha256(&[b"xtmp v1 rotation jitter", rekey]);
+            let j = u64::from(u16::from_be_bytes([h[0], h[1]]));
+            // interval / 10 × j / 65536, in nanoseconds (u128: no overflow).
+            let cut = interval.as_nanos() * u128::from(j) / (10 * 65_536);
+            interval.saturating_sub(Duration::from_nanos(u64::try_from(cut).unwrap_or(0)))
+        }
         Side::Server => interval + interval / 10,
     }
 }
@@ -300,7 +309,7 @@ impl Session {
         now: Instant,
         peer_key: Option<[u8; 32]>,
     ) -> Self {
-        let expires = now + rotation_delay(side, config.key_rotation_interval);
+        let expires = now + rotation_delay(side, config.key_rotation_interval, &secrets.rekey);
         let sd = side.send_direction();
         let rd = side.recv_direction();
         let send = XTMPKeySet::derive(
@@ -815,7 +824,8 @@ impl Session {
 
     /// Installs generation `secrets` for both directions.
     fn install(&mut self, now: Instant, secrets: &GenerationSecrets, generation: u32) {
-        let expires = now + rotation_delay(self.side, self.config.key_rotation_interval);
+        let expires =
+            now + rotation_delay(self.side, self.config.key_rotation_interval, &secrets.rekey);
         let sd = self.side.send_direction();
         let rd = self.side.recv_direction();
         self.send = XTMPKeySet::derive(

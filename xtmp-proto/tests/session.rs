@@ -323,9 +323,18 @@ fn rotation_is_driven_by_time_and_usage_limits() {
     cfg.hard_message_limit = 60;
     let mut p = pair_with(EncryptionType::Aes256Gcm, cfg);
     let now = p.now;
-    // Time: the client's deadline is the interval, the server's 10 % later.
-    assert_eq!(p.client.poll_timeout(), Some(now + Duration::from_secs(10)));
+    // Time: the client's deadline is within the last 10 % of the interval (jittered per
+    // generation), the server's 10 % after it.
+    let c = p.client.poll_timeout().unwrap();
+    assert!(c > now + Duration::from_secs(9) && c <= now + Duration::from_secs(10));
     assert_eq!(p.server.poll_timeout(), Some(now + Duration::from_secs(11)));
+    p.client
+        .handle_timeout(c - Duration::from_millis(1), &mut p.rng)
+        .unwrap();
+    assert!(
+        !p.client.key_update_in_progress(),
+        "not before its deadline"
+    );
     p.client
         .handle_timeout(now + Duration::from_secs(10), &mut p.rng)
         .unwrap();
@@ -341,7 +350,7 @@ fn rotation_is_driven_by_time_and_usage_limits() {
     // Due at once: the deadline is the latest instant the session has seen.
     let due = p.client.poll_timeout().unwrap();
     assert!(due <= now + Duration::from_secs(10));
-    assert!(due < now + Duration::from_secs(20), "not the next interval");
+    assert!(due < now + Duration::from_secs(19), "not the next interval");
     // Hard limit: sending stops until the rotation completes.
     for _ in 50..60 {
         let f = seal(&mut p.client, MessageType::LiveUpdates, b"x");
@@ -359,6 +368,34 @@ fn rotation_is_driven_by_time_and_usage_limits() {
     pump(&mut p.server, &mut p.client, now, &mut p.rng);
     assert_eq!(p.client.key_generation(), 2);
     seal(&mut p.client, MessageType::LiveUpdates, b"again");
+}
+
+/// Sessions opened in the same instant do not all rotate in the same instant: each
+/// client deadline is `interval × (1 − j)`, `j` in `[0, 0.1)`, from the session's own
+/// secrets (PROTOCOL §5.7).
+#[test]
+fn rotation_deadlines_are_spread_over_the_last_tenth_of_the_interval() {
+    let mut cfg = SessionConfig::default();
+    cfg.key_rotation_interval = Duration::from_secs(300);
+    let mut offsets = Vec::new();
+    for seed in 0..32 {
+        let p = pair_seeded(EncryptionType::Aes256Gcm, cfg.clone(), seed);
+        let d = p.client.poll_timeout().unwrap() - p.now;
+        assert!(
+            d > Duration::from_secs(270) && d <= Duration::from_secs(300),
+            "{d:?}"
+        );
+        assert_eq!(
+            p.server.poll_timeout().unwrap() - p.now,
+            Duration::from_secs(330)
+        );
+        offsets.push(d);
+    }
+    offsets.sort();
+    offsets.dedup();
+    assert!(offsets.len() >= 30, "deadlines not spread: {offsets:?}");
+    let spread = *offsets.last().unwrap() - offsets[0];
+    assert!(spread > Duration::from_secs(15), "spread only {spread:?}");
 }
 
 #[test]

@@ -1683,6 +1683,28 @@ fn handle_message(inner: &ClientInner, st: &mut CState, header: Header, payload:
     }
 }
 
+/// Seals one queued message into the write buffers (a failure fails that message).
+/// Gives it back when a datagram path has no `RELIABLE` id free for it yet.
+fn seal_one(
+    st: &mut CState,
+    o: Outbound,
+    now: std::time::Instant,
+    opts: &ClientOptions,
+) -> Option<Outbound> {
+    st.drain_core();
+    if st.dgram.is_some() {
+        return dgram::seal_outbound(st, o, now, opts);
+    }
+    match st
+        .core
+        .seal(o.message_type, o.flags, &o.payload, &mut st.wbuf)
+    {
+        Ok(seq) => st.register_sent(seq, o.kind),
+        Err(e) => o.kind.fail(ClientError::Protocol(e)),
+    }
+    None
+}
+
 /// On close: seals the queued fire-and-forget messages (in order, up to a batch), leaving
 /// everything else queued. `true` once none is left.
 fn flush_queued(st: &mut CState, now: std::time::Instant, opts: &ClientOptions) -> bool {
@@ -1705,20 +1727,9 @@ fn flush_queued(st: &mut CState, now: std::time::Instant, opts: &ClientOptions) 
                 keep.push_back(o);
                 continue;
             }
-            st.drain_core();
-            if st.dgram.is_some() {
-                if let Some(back) = dgram::seal_outbound(st, o, now, opts) {
-                    done = false;
-                    keep.push_back(back);
-                }
-                continue;
-            }
-            match st
-                .core
-                .seal(o.message_type, o.flags, &o.payload, &mut st.wbuf)
-            {
-                Ok(seq) => st.register_sent(seq, o.kind),
-                Err(e) => o.kind.fail(ClientError::Protocol(e)),
+            if let Some(back) = seal_one(st, o, now, opts) {
+                done = false;
+                keep.push_back(back);
             }
         }
         let q = if prio {
@@ -1805,21 +1816,10 @@ async fn client_writer<W: AsyncWrite + Unpin>(
                     let Some(o) = st.priority.pop_front().or_else(|| st.normal.pop_front()) else {
                         break;
                     };
-                    st.drain_core();
-                    if st.dgram.is_some() {
-                        if let Some(back) = dgram::seal_outbound(st, o, now.into_std(), opts) {
-                            // No RELIABLE id free yet: wait for acknowledgements.
-                            st.priority.push_front(back);
-                            break;
-                        }
-                        continue;
-                    }
-                    match st
-                        .core
-                        .seal(o.message_type, o.flags, &o.payload, &mut st.wbuf)
-                    {
-                        Ok(seq) => st.register_sent(seq, o.kind),
-                        Err(e) => o.kind.fail(ClientError::Protocol(e)),
+                    if let Some(back) = seal_one(st, o, now.into_std(), opts) {
+                        // No RELIABLE id free yet: wait for acknowledgements.
+                        st.priority.push_front(back);
+                        break;
                     }
                 }
                 if let Some(d) = st.dgram.as_mut() {
@@ -1833,7 +1833,9 @@ async fn client_writer<W: AsyncWrite + Unpin>(
             }
             let dbatch = match st.dgram.as_mut() {
                 Some(d) => {
-                    deadline = deadline.min(Instant::from_std(d.poll_timeout()));
+                    if let Some(t) = d.poll_timeout(&st.core) {
+                        deadline = deadline.min(Instant::from_std(t));
+                    }
                     d.take_datagrams()
                 }
                 None => None,

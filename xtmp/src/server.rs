@@ -2252,14 +2252,15 @@ async fn conn_writer<W: AsyncWrite + Unpin>(conn: Arc<ServerConn>, mut w: W) {
                 deadline = deadline.min(dl);
             }
             let (dbatch, dpeer) = match st.dgram.as_mut() {
-                Some(dg) if !dg.is_primary() => {
-                    deadline = deadline.min(Instant::from_std(dg.poll_timeout()));
-                    let b = std::mem::take(&mut dg.dbuf);
-                    (b, Some(dg.peer.clone()))
-                }
                 Some(dg) => {
-                    deadline = deadline.min(Instant::from_std(dg.poll_timeout()));
-                    (Vec::new(), None)
+                    if let Some(t) = dg.poll_timeout(st.session.core()) {
+                        deadline = deadline.min(Instant::from_std(t));
+                    }
+                    if dg.is_primary() {
+                        (Vec::new(), None)
+                    } else {
+                        (std::mem::take(&mut dg.dbuf), Some(dg.peer.clone()))
+                    }
                 }
                 None => (Vec::new(), None),
             };

@@ -472,6 +472,12 @@ pub(crate) enum Attach {
     Bound([u8; PATH_TOKEN_LEN]),
 }
 
+/// Frames the session has sent and received (activity between two ticks).
+fn frames_seen(core: &Session) -> u64 {
+    let s = core.stats();
+    s.frames_sent.wrapping_add(s.frames_received)
+}
+
 /// Loss estimate from sequence gaps (receive side), retransmissions (send side) and
 /// unanswered probes, sampled once per probe interval and smoothed.
 #[derive(Debug, Default, Clone)]
@@ -623,6 +629,11 @@ pub(crate) struct DgramState<T> {
     pub(crate) loss: LossTracker,
     ku_retry: Option<(Instant, Instant, u32)>,
     next_tick: Instant,
+    /// Frames sent plus received by the session at the last tick, and whether that tick
+    /// found none since the one before: a quiet `UdpFast` session then needs no tick
+    /// (nothing to sample, no probes) until it sends or receives again.
+    tick_mark: u64,
+    tick_quiet: bool,
     bind_sent: Option<Instant>,
     pub(crate) counters: DgramCounters,
     /// Fragments of oversized core frames (key updates) from the peer.
@@ -659,6 +670,8 @@ impl<T: ReliableItem> DgramState<T> {
             loss: LossTracker::default(),
             ku_retry: None,
             next_tick: now + opts.probe_interval,
+            tick_mark: 0,
+            tick_quiet: false,
             bind_sent: None,
             dbuf: Vec::new(),
             counters: DgramCounters::default(),
@@ -837,14 +850,23 @@ impl<T: ReliableItem> DgramState<T> {
             .count()
     }
 
-    /// The next time [`DgramState::run_timers`] has work.
-    pub(crate) fn poll_timeout(&self) -> Instant {
-        let mut t = self.next_tick;
+    /// The next time [`DgramState::run_timers`] has work (`None`: none until something
+    /// is sent or received). A hybrid session probes its UDP path every probe interval; a
+    /// `UdpFast` session that has been quiet for a whole interval skips its ticks (and so
+    /// its task's wake-ups) until it is active again — the next tick then runs at the
+    /// writer's next turn.
+    pub(crate) fn poll_timeout(&self, core: &Session) -> Option<Instant> {
+        let mut t = if self.is_primary() && self.tick_quiet && frames_seen(core) == self.tick_mark {
+            None
+        } else {
+            Some(self.next_tick)
+        };
+        let min = |t: Option<Instant>, x: Instant| Some(t.map_or(x, |t| t.min(x)));
         if let Some(r) = self.sender.poll_timeout() {
-            t = t.min(r);
+            t = min(t, r);
         }
         if let Some((next, _, _)) = self.ku_retry {
-            t = t.min(next);
+            t = min(t, next);
         }
         t
     }
@@ -902,6 +924,9 @@ impl<T: ReliableItem> DgramState<T> {
         if now >= self.next_tick {
             self.next_tick = now + self.opts.probe_interval;
             out.ticked = true;
+            let mark = frames_seen(core);
+            self.tick_quiet = mark == self.tick_mark;
+            self.tick_mark = mark;
             if !self.is_primary() {
                 out.switched = self.probe(now, core, wbuf);
                 if out.switched == Some(false) {
@@ -1096,6 +1121,94 @@ impl UdpCounters {
             handshake_fragments: g(&self.handshake_fragments),
             reassemblies_pending: g(&self.reassemblies_pending),
             reassemblies_dropped: g(&self.reassemblies_dropped),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use xtmp_crypto::xwing::XWingSecretKey;
+    use xtmp_proto::{
+        ClientConfig, ClientHandshake, ClientOutcome, InsecureDeterministicRngForTestingOnly,
+        ServerConfig, ServerHandshaker, ServerOutcome,
+    };
+
+    #[derive(Clone)]
+    struct Item;
+    impl ReliableItem for Item {
+        fn message_type(&self) -> MessageType {
+            MessageType::LiveUpdates
+        }
+        fn flags(&self) -> XTMPFlags {
+            XTMPFlags::empty()
+        }
+        fn body(&self) -> &[u8] {
+            b""
+        }
+    }
+
+    /// A client session from a real handshake.
+    fn session(now: Instant) -> Session {
+        let mut rng = InsecureDeterministicRngForTestingOnly::new([7; 32]);
+        let key = Arc::new(XWingSecretKey::from_seed(&[0x11; 32]));
+        let mut server = ServerHandshaker::new(ServerConfig::new(key.clone()));
+        let cc = ClientConfig::new(key.public_key().clone());
+        let (mut ch, m1) = ClientHandshake::start(cc, 1_700_000_000_000_000_000, &mut rng).unwrap();
+        let ServerOutcome::Accepted { ack, .. } = server
+            .handle(now, b"127.0.0.1:1", false, &m1, &mut rng)
+            .unwrap()
+        else {
+            panic!("expected Accepted")
+        };
+        let ClientOutcome::Established(s) = ch.handle(now, &ack).unwrap() else {
+            panic!("expected Established")
+        };
+        *s
+    }
+
+    /// A quiet `UdpFast` session stops ticking after one quiet probe interval (its task
+    /// sleeps until the heartbeat) and ticks again once it sends; a hybrid session keeps
+    /// its probe ticks.
+    #[test]
+    fn quiet_udp_fast_session_needs_no_tick_but_hybrid_keeps_probing() {
+        let t0 = Instant::now();
+        let mut core = session(t0);
+        let opts = DatagramOptions::default();
+        let iv = opts.probe_interval;
+        let mut d: DgramState<Item> = DgramState::new(Attach::Primary, None, opts.clone(), t0);
+        let mut wbuf = Vec::new();
+        assert_eq!(d.poll_timeout(&core), Some(t0 + iv));
+        // Traffic during the first interval: the tick after it is not quiet.
+        core.seal(
+            MessageType::LiveUpdates,
+            XTMPFlags::empty(),
+            b"x",
+            &mut wbuf,
+        )
+        .unwrap();
+        assert!(d.run_timers(t0 + iv, &mut core, &mut wbuf).ticked);
+        assert_eq!(d.poll_timeout(&core), Some(t0 + 2 * iv));
+        // A whole interval without a frame: no further tick is scheduled.
+        assert!(d.run_timers(t0 + 2 * iv, &mut core, &mut wbuf).ticked);
+        assert_eq!(d.poll_timeout(&core), None);
+        // It sends again: the (overdue) tick is due at once.
+        core.seal(
+            MessageType::LiveUpdates,
+            XTMPFlags::empty(),
+            b"y",
+            &mut wbuf,
+        )
+        .unwrap();
+        assert_eq!(d.poll_timeout(&core), Some(t0 + 3 * iv));
+        assert!(d.run_timers(t0 + 9 * iv, &mut core, &mut wbuf).ticked);
+        assert_eq!(d.poll_timeout(&core), Some(t0 + 10 * iv));
+        // Hybrid: probes every interval whatever the traffic.
+        let mut h: DgramState<Item> = DgramState::new(Attach::None, None, opts, t0);
+        for k in 1..4 {
+            h.run_timers(t0 + k * iv, &mut core, &mut wbuf);
+            assert_eq!(h.poll_timeout(&core), Some(t0 + (k + 1) * iv));
         }
     }
 }

@@ -36,7 +36,12 @@ pub fn server_config(enc: &[EncryptionType]) -> ServerConfig {
 
 /// A completed pqNK handshake with the given encryption type and session config.
 pub fn pair_with(enc: EncryptionType, cfg: SessionConfig) -> Pair {
-    let mut r = rng(3);
+    pair_seeded(enc, cfg, 3)
+}
+
+/// [`pair_with`] with the handshake's randomness from `seed` (distinct sessions).
+pub fn pair_seeded(enc: EncryptionType, cfg: SessionConfig, seed: u8) -> Pair {
+    let mut r = rng(seed);
     let now = Instant::now();
     let mut sc = server_config(&[enc]);
     sc.session = cfg.clone();

@@ -118,8 +118,8 @@ impl ClientDgram {
         self.st.dbuf.len()
     }
 
-    pub(super) fn poll_timeout(&self) -> std::time::Instant {
-        self.st.poll_timeout()
+    pub(super) fn poll_timeout(&self, core: &Session) -> Option<std::time::Instant> {
+        self.st.poll_timeout(core)
     }
 
     pub(super) fn flush_acks(&mut self, core: &mut Session, wbuf: &mut Vec<u8>) {
