@@ -661,6 +661,9 @@ pub async fn stream_worker(
         0,
         rate,
     );
+    // One timer for the whole window (not one per message received).
+    let end = tokio::time::sleep_until(w.end);
+    tokio::pin!(end);
     let r: Result<()> = async {
         match &mut conn {
             Conn::Xtmp(c) => {
@@ -671,15 +674,11 @@ pub async fn stream_worker(
                 };
                 let mut sub = c.subscribe(t, params).await?;
                 loop {
-                    let left = w.end.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    match tokio::time::timeout(left, sub.recv()).await {
-                        Err(_) => break,
-                        Ok(None) => bail!("subscription ended"),
-                        Ok(Some(Err(e))) => bail!("subscription: {e}"),
-                        Ok(Some(Ok(m))) => on_msg(&mut out, &m.body),
+                    match before(&mut end, sub.recv()).await {
+                        None => break,
+                        Some(None) => bail!("subscription ended"),
+                        Some(Some(Err(e))) => bail!("subscription: {e}"),
+                        Some(Some(Ok(m))) => on_msg(&mut out, &m.body),
                     }
                 }
             }
@@ -687,27 +686,19 @@ pub async fn stream_worker(
                 f.send(op::STREAM, &params).await?;
                 if let (true, Some(q)) = (datagrams, q) {
                     loop {
-                        let left = w.end.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            break;
-                        }
-                        match tokio::time::timeout(left, q.read_datagram()).await {
-                            Err(_) => break,
-                            Ok(d) => on_msg(&mut out, &d?),
+                        match before(&mut end, q.read_datagram()).await {
+                            None => break,
+                            Some(d) => on_msg(&mut out, &d?),
                         }
                     }
                 } else {
                     loop {
-                        let left = w.end.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            break;
-                        }
-                        match tokio::time::timeout(left, f.recv()).await {
-                            Err(_) => break,
-                            Ok(Ok(Some((op::PUSH, b)))) => on_msg(&mut out, &b),
-                            Ok(Ok(Some((o, _)))) => bail!("unexpected op {o}"),
-                            Ok(Ok(None)) => bail!("stream ended"),
-                            Ok(Err(e)) => return Err(e),
+                        match before(&mut end, f.recv()).await {
+                            None => break,
+                            Some(Ok(Some((op::PUSH, b)))) => on_msg(&mut out, &b),
+                            Some(Ok(Some((o, _)))) => bail!("unexpected op {o}"),
+                            Some(Ok(None)) => bail!("stream ended"),
+                            Some(Err(e)) => return Err(e),
                         }
                     }
                 }
@@ -718,13 +709,9 @@ pub async fn stream_worker(
                 s.send(&d).await?;
                 let mut buf = vec![0u8; 65_536];
                 loop {
-                    let left = w.end.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    match tokio::time::timeout(left, s.recv(&mut buf)).await {
-                        Err(_) => break,
-                        Ok(n) => {
+                    match before(&mut end, s.recv(&mut buf)).await {
+                        None => break,
+                        Some(n) => {
                             let n = n?;
                             if let Some((&op::PUSH, b)) = buf[..n].split_first() {
                                 on_msg(&mut out, b);
@@ -747,6 +734,18 @@ pub async fn stream_worker(
     out.expected_total = max_seq.map_or(0, |m| m + 1);
     conn.close().await;
     out
+}
+
+/// `f`, unless `end` passes first (`None`). The deadline is checked before each wait.
+async fn before<F: std::future::Future>(
+    end: &mut std::pin::Pin<&mut tokio::time::Sleep>,
+    f: F,
+) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        () = end.as_mut() => None,
+        r = f => Some(r),
+    }
 }
 
 /// Wallet-auth worker: challenge, ML-DSA-65 signature, verification; repeat.

@@ -162,6 +162,10 @@ struct RunArgs {
     /// Also append the JSON to this file (one line per scenario).
     #[arg(long)]
     out: Option<String>,
+    /// XTMP session key rotation interval in seconds (in-process or spawned server;
+    /// sessions use the smaller of the two sides' intervals). Default: 300.
+    #[arg(long)]
+    key_rotation: Option<f64>,
 }
 
 #[derive(Args)]
@@ -334,6 +338,10 @@ fn make_spec(a: &RunArgs, s: Scenario, size: usize, concurrency: usize) -> Resul
     if a.server_threads == 0 {
         bail!("--server-threads must be at least 1");
     }
+    let key_rotation = match a.key_rotation {
+        Some(k) if !(k.is_finite() && k >= 1.0) => bail!("--key-rotation must be at least 1 s"),
+        k => k.map(Duration::from_secs_f64),
+    };
     Ok(RunSpec {
         scenario: s,
         duration: Duration::from_secs_f64(a.duration),
@@ -346,6 +354,7 @@ fn make_spec(a: &RunArgs, s: Scenario, size: usize, concurrency: usize) -> Resul
         client_threads: a.threads,
         server_threads: a.server_threads,
         wallets: 8,
+        key_rotation,
     })
 }
 

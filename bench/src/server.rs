@@ -246,6 +246,9 @@ async fn start_xtmp(spec: &RunSpec, counters: Arc<Counters>) -> Result<Running> 
     o.max_connections = 1_000_000;
     o.handshakes_per_second_per_ip = 0;
     o.enable_compression = false;
+    if let Some(k) = spec.key_rotation {
+        o.key_rotation_interval = k;
+    }
     if spec.scenario == Scenario::IdleSessions {
         // Sessions without application messages are closed after `session_timeout`
         // (default 3600 s); opening 100,000 sessions and holding them must not come near

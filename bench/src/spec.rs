@@ -225,4 +225,7 @@ pub struct RunSpec {
     pub server_threads: usize,
     /// Wallets to provision (wallet-auth, bundle-submit).
     pub wallets: usize,
+    /// XTMP server's session key rotation interval (default: the server's, 300 s).
+    #[serde(default)]
+    pub key_rotation: Option<Duration>,
 }
