@@ -645,10 +645,11 @@ pub async fn stream_worker(
     let datagrams = matches!(ctx.peer, Peer::Quinn | Peer::PlainUdp);
     let params = frame::stream_params(
         u32::try_from(size).unwrap_or(u32::MAX),
-        if datagrams {
-            frame::MODE_DATAGRAM
-        } else {
-            frame::MODE_STREAM
+        match (datagrams, ctx.spec.scenario) {
+            // The same overflow policy as the XTMP route of the scenario.
+            (true, Scenario::MetricsStream) => frame::MODE_DATAGRAM_DROP_OLDEST,
+            (true, _) => frame::MODE_DATAGRAM,
+            (false, _) => frame::MODE_STREAM,
         },
         0,
         rate,

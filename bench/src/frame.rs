@@ -45,8 +45,13 @@ pub mod op {
 
 /// Push-stream mode byte: frames on the same stream.
 pub const MODE_STREAM: u8 = 0;
-/// Push-stream mode byte: QUIC datagrams.
+/// Push-stream mode byte: QUIC datagrams, the producer waiting for room in the send buffer
+/// (`send_datagram_wait`: backpressure, as XTMP's live-updates route).
 pub const MODE_DATAGRAM: u8 = 1;
+/// Push-stream mode byte: QUIC datagrams, the producer never waiting (`send_datagram`:
+/// quinn drops the oldest queued datagram when its send buffer is full — the drop-oldest
+/// semantics of XTMP's metrics-stream route).
+pub const MODE_DATAGRAM_DROP_OLDEST: u8 = 2;
 
 /// A pushed message body of `size` bytes (at least 16): send time, sequence, zero padding.
 pub fn push_body(size: usize, seq: u64) -> Vec<u8> {

@@ -409,15 +409,27 @@ async fn serve_framed<S: AsyncRead + AsyncWrite + Unpin>(
                     frame::parse_stream_params(&p).ok_or_else(|| anyhow!("stream parameters"))?;
                 let mut pacer = Pacer::new(rate);
                 let mut seq = 0u64;
-                if mode == frame::MODE_DATAGRAM {
+                if mode == frame::MODE_DATAGRAM || mode == frame::MODE_DATAGRAM_DROP_OLDEST {
                     let conn = quic.clone().ok_or_else(|| anyhow!("datagrams need QUIC"))?;
+                    let wait = mode == frame::MODE_DATAGRAM;
                     while count == 0 || seq < count {
                         pacer.wait(seq).await;
                         let body = Bytes::from(frame::push_body(size as usize, seq));
-                        if conn.send_datagram_wait(body).await.is_err() {
+                        let sent = if wait {
+                            conn.send_datagram_wait(body).await.is_ok()
+                        } else {
+                            // Never waits: quinn drops its oldest queued datagram when the
+                            // send buffer is full (XTMP's drop-oldest route, which yields
+                            // at each drop and every 256 pushes, likewise).
+                            conn.send_datagram(body).is_ok()
+                        };
+                        if !sent {
                             return Ok(());
                         }
                         seq += 1;
+                        if !wait && seq.is_multiple_of(256) {
+                            tokio::task::yield_now().await;
+                        }
                     }
                 } else {
                     while count == 0 || seq < count {
