@@ -556,25 +556,18 @@ pub async fn bulk_worker(mut conn: Conn, size: usize, w: Window) -> WorkerOut {
             // `send` without ack returns once the message is queued on the connection
             // (waiting only when `max_in_flight` messages are queued): one task sends in a
             // loop, as the framed peers queue into their buffer. Counted per 64 messages.
-            let mut batch = 0u64;
-            let mut t0 = Instant::now();
+            let mut tally = Tally::new(size);
             loop {
-                if batch == 0 && t0 >= w.end {
+                if tally.batch == 0 && tally.t0 >= w.end {
                     break;
                 }
                 if let Err(e) = c.send(SINK_TYPE, body.clone(), false).await {
                     out.error(e);
                     break;
                 }
-                batch += 1;
-                if batch == 64 {
-                    let t1 = Instant::now();
-                    if w.contains(t0, t1) {
-                        out.ops += batch;
-                        out.bytes += batch * size as u64;
-                    }
-                    batch = 0;
-                    t0 = t1;
+                tally.batch += 1;
+                if tally.batch == 64 {
+                    tally.count(&mut out, &w);
                 }
             }
             // Everything sent was read by the server once this echo comes back.
@@ -583,26 +576,19 @@ pub async fn bulk_worker(mut conn: Conn, size: usize, w: Window) -> WorkerOut {
             }
         }
         Conn::Framed(f, _) => {
-            let mut batch = 0u64;
-            let mut t0 = Instant::now();
+            let mut tally = Tally::new(size);
             loop {
                 if Instant::now() >= w.end {
                     break;
                 }
                 f.queue(op::SINK, &body);
-                batch += 1;
+                tally.batch += 1;
                 if f.queued() >= 64 * 1024 {
                     if let Err(e) = f.flush().await {
                         out.error(e);
                         break;
                     }
-                    let t1 = Instant::now();
-                    if w.contains(t0, t1) {
-                        out.ops += batch;
-                        out.bytes += batch * size as u64;
-                    }
-                    batch = 0;
-                    t0 = t1;
+                    tally.count(&mut out, &w);
                 }
             }
             match f.call(op::SYNC, &[], op::SYNC_REPLY).await {
@@ -614,6 +600,35 @@ pub async fn bulk_worker(mut conn: Conn, size: usize, w: Window) -> WorkerOut {
     }
     conn.close().await;
     out
+}
+
+/// Bulk messages counted a batch at a time: a batch counts if it started and ended inside
+/// the measured window.
+struct Tally {
+    size: u64,
+    batch: u64,
+    t0: Instant,
+}
+
+impl Tally {
+    fn new(size: usize) -> Self {
+        Self {
+            size: size as u64,
+            batch: 0,
+            t0: Instant::now(),
+        }
+    }
+
+    /// Closes the current batch (now) and starts the next.
+    fn count(&mut self, out: &mut WorkerOut, w: &Window) {
+        let t1 = Instant::now();
+        if w.contains(self.t0, t1) {
+            out.ops += self.batch;
+            out.bytes += self.batch * self.size;
+        }
+        self.batch = 0;
+        self.t0 = t1;
+    }
 }
 
 /// Push-stream worker: subscribes (XTMP) or starts a stream (peers: frames on the stream,
