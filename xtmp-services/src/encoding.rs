@@ -1,7 +1,7 @@
 //! Hex-encoded byte types used in the JSON payloads, and the hex codec behind them.
 //!
 //! Fields decode straight from the borrowed JSON string into their fixed-size buffer with
-//! `hex::decode_to_slice` (no owned `String`, no intermediate `Vec`): a 3,309-byte
+//! `const_hex::decode_to_slice` (SIMD; no owned `String`, no intermediate `Vec`): a 3,309-byte
 //! ML-DSA-65 signature (6,618 hex digits) is the largest field of the hot requests
 //! (`WalletAuth`, `WalletTransaction`, `BundleSubmit`), and serde's owned-`String` path
 //! through `hex::decode` cost more server CPU than the signature verification itself.
@@ -29,10 +29,14 @@ pub fn decode_to_slice(src: &[u8], out: &mut [u8]) -> Result<(), HexError> {
             src.len()
         )));
     }
-    hex::decode_to_slice(src, out).map_err(|e| match e {
-        hex::FromHexError::InvalidHexCharacter { index, .. } => invalid_char(src, index),
+    // const-hex strips a leading "0x"; JSON hex fields here are digits only.
+    if let [b'0', b'x' | b'X', ..] = src {
+        return Err(invalid_char(src, 1));
+    }
+    const_hex::decode_to_slice(src, out).map_err(|e| match e {
+        const_hex::FromHexError::InvalidHexCharacter { index, .. } => invalid_char(src, index),
         // Both lengths were checked above.
-        hex::FromHexError::OddLength | hex::FromHexError::InvalidStringLength => {
+        const_hex::FromHexError::OddLength | const_hex::FromHexError::InvalidStringLength => {
             HexError("bad hex: invalid length".into())
         }
     })
@@ -64,13 +68,13 @@ fn invalid_char(src: &[u8], pos: usize) -> HexError {
     }
 }
 
-/// The lowercase hex digits of `bytes` (`hex::encode_to_slice`: `hex::encode` builds the
-/// string a character at a time, 6× slower on a signature).
+/// The lowercase hex digits of `bytes` (`const_hex::encode_to_slice`, SIMD; `hex::encode`
+/// builds the string a character at a time, 6× slower on a signature).
 pub fn encode(bytes: &[u8]) -> String {
     let mut buf = vec![0u8; bytes.len() * 2];
     // The buffer is exactly twice as long, and only ASCII digits are written: neither
     // step can fail.
-    let _ = hex::encode_to_slice(bytes, &mut buf);
+    let _ = const_hex::encode_to_slice(bytes, &mut buf);
     String::from_utf8(buf).unwrap_or_default()
 }
 
@@ -89,7 +93,7 @@ impl fmt::Display for Hex32 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut buf = [0u8; 64];
         // 64 bytes for 32: cannot fail.
-        let _ = hex::encode_to_slice(self.0, &mut buf);
+        let _ = const_hex::encode_to_slice(self.0, &mut buf);
         f.write_str(std::str::from_utf8(&buf).unwrap_or_default())
     }
 }
@@ -279,5 +283,29 @@ mod tests {
         );
         let e = serde_json::from_str::<HexBytes>("\"0x\"").unwrap_err();
         assert!(e.to_string().contains("bad hex"), "{e}");
+        // A "0x" prefix is not stripped (const-hex would strip it): the 'x' is refused.
+        let mut out = [0u8; 2];
+        assert_eq!(
+            decode_to_slice(b"0x1b", &mut out).unwrap_err().0,
+            "bad hex: invalid character 'x' at position 1"
+        );
+        assert_eq!(
+            decode(b"0X").unwrap_err().0,
+            "bad hex: invalid character 'X' at position 1"
+        );
+        // Signature-sized input (the SIMD path): a bad digit anywhere is found and named.
+        let good = encode(&[0x5au8; 3309]);
+        for pos in [0, 31, 32, 33, 4095, 6617] {
+            let mut bad = good.clone().into_bytes();
+            bad[pos] = b'g';
+            let mut sig = [0u8; 3309];
+            assert_eq!(
+                decode_to_slice(&bad, &mut sig).unwrap_err().0,
+                format!("bad hex: invalid character 'g' at position {pos}")
+            );
+        }
+        let mut sig = [0u8; 3309];
+        decode_to_slice(good.as_bytes(), &mut sig).unwrap();
+        assert_eq!(sig, [0x5au8; 3309]);
     }
 }
