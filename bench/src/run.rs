@@ -133,7 +133,19 @@ impl ServerProc {
             }
             _ => {
                 let exe = std::env::current_exe().context("locating xtmp-bench")?;
-                let mut child = tokio::process::Command::new(exe)
+                // `XTMP_BENCH_SERVER_WRAP="heaptrack"` (or "perf record -g -o s.perf", …)
+                // runs the server process under that command, to profile it alone.
+                let wrap = std::env::var("XTMP_BENCH_SERVER_WRAP").unwrap_or_default();
+                let mut words = wrap.split_whitespace();
+                let mut cmd = match words.next() {
+                    Some(w) => {
+                        let mut c = tokio::process::Command::new(w);
+                        c.args(words).arg(exe);
+                        c
+                    }
+                    None => tokio::process::Command::new(exe),
+                };
+                let mut child = cmd
                     .arg("serve")
                     .arg("--peer")
                     .arg(peer.name())
@@ -148,12 +160,19 @@ impl ServerProc {
                 let stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
                 let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
                 let mut out = BufReader::new(stdout).lines();
-                let line = tokio::time::timeout(Duration::from_secs(120), out.next_line())
-                    .await
-                    .context("the server process did not start in time")??
-                    .ok_or_else(|| anyhow!("the server process exited before listening"))?;
-                let info: ServerInfo =
-                    serde_json::from_str(&line).with_context(|| format!("server said {line:?}"))?;
+                // A wrapper may print its own lines first: skip up to 20 that are not JSON.
+                let mut skipped = 0;
+                let info: ServerInfo = loop {
+                    let line = tokio::time::timeout(Duration::from_secs(120), out.next_line())
+                        .await
+                        .context("the server process did not start in time")??
+                        .ok_or_else(|| anyhow!("the server process exited before listening"))?;
+                    if wrap.is_empty() || line.starts_with('{') || skipped == 20 {
+                        break serde_json::from_str(&line)
+                            .with_context(|| format!("server said {line:?}"))?;
+                    }
+                    skipped += 1;
+                };
                 Ok((ServerProc::Child { child, stdin, out }, info))
             }
         }

@@ -1,6 +1,7 @@
 //! Key schedule, per-direction key sets, nonce construction and record protection
 //! (`PROTOCOL.md` §5).
 
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use xtmp_crypto::aead::{AeadAlgorithm, AeadKey};
@@ -125,7 +126,10 @@ pub struct XTMPKeySet {
     direction: Direction,
     encryption_type: EncryptionType,
     key_id: [u8; 16],
-    aead: Option<AeadKey>,
+    /// The AEAD context (aws-lc key schedule and GHASH table, ~600 bytes), built from
+    /// `session_key` on first use and released by [`XTMPKeySet::release_aead`] while the
+    /// session is idle. Never set for `EncryptionType::None`.
+    aead: OnceLock<AeadKey>,
 }
 
 impl core::fmt::Debug for XTMPKeySet {
@@ -223,27 +227,9 @@ impl XTMPKeySet {
         encryption_type: EncryptionType,
         expires_at: Instant,
     ) -> Self {
-        let session_key = Zeroizing::new(*session_key);
-        let auth_key = Zeroizing::new(*auth_key);
-        let aead = match encryption_type {
-            EncryptionType::None => None,
-            EncryptionType::Aes256Gcm => {
-                Some(AeadKey::new(AeadAlgorithm::Aes256Gcm, &session_key, None))
-            }
-            EncryptionType::ChaCha20Poly1305 => Some(AeadKey::new(
-                AeadAlgorithm::ChaCha20Poly1305,
-                &session_key,
-                None,
-            )),
-            EncryptionType::PostQuantum => Some(AeadKey::new(
-                AeadAlgorithm::Xaes256Gcm,
-                &session_key,
-                Some(xaes_prefix(direction, generation)),
-            )),
-        };
-        Self {
-            session_key,
-            auth_key,
+        let ks = Self {
+            session_key: Zeroizing::new(*session_key),
+            auth_key: Zeroizing::new(*auth_key),
             nonce_counter: 0,
             bytes: 0,
             key_generation: generation,
@@ -251,8 +237,39 @@ impl XTMPKeySet {
             direction,
             encryption_type,
             key_id: key_id(session_id, generation, direction),
-            aead,
-        }
+            aead: OnceLock::new(),
+        };
+        // Built now: the first frame should not pay for it.
+        let _ = ks.aead();
+        ks
+    }
+
+    /// The AEAD context, built from `session_key` if it was released (about 1 µs).
+    fn aead(&self) -> Option<&AeadKey> {
+        let alg = match self.encryption_type {
+            EncryptionType::None => return None,
+            EncryptionType::Aes256Gcm => AeadAlgorithm::Aes256Gcm,
+            EncryptionType::ChaCha20Poly1305 => AeadAlgorithm::ChaCha20Poly1305,
+            EncryptionType::PostQuantum => AeadAlgorithm::Xaes256Gcm,
+        };
+        Some(self.aead.get_or_init(|| {
+            let hint = (alg == AeadAlgorithm::Xaes256Gcm)
+                .then(|| xaes_prefix(self.direction, self.key_generation));
+            AeadKey::new(alg, &self.session_key, hint)
+        }))
+    }
+
+    /// Frees the AEAD context (the expanded key schedule and GHASH table: ~600 bytes
+    /// with aws-lc's AES-GCM), keeping only the 32-byte key it is built from; the next
+    /// seal or open builds it again. For idle sessions, whose memory is mostly these
+    /// contexts. Returns whether there was one to free.
+    pub fn release_aead(&mut self) -> bool {
+        self.aead.take().is_some()
+    }
+
+    /// Whether the AEAD context is built (see [`XTMPKeySet::release_aead`]).
+    pub fn aead_ready(&self) -> bool {
+        self.aead.get().is_some()
     }
 
     /// Seals `payload` as the frame with sequence number `seq`, type and flags given
@@ -351,7 +368,7 @@ impl XTMPKeySet {
         aad.copy_from_slice(&header[..AAD_LEN]);
         let mut nonce = [0u8; 24];
         nonce.copy_from_slice(&header[56..80]);
-        let tag = match &self.aead {
+        let tag = match self.aead() {
             Some(k) => k
                 .seal_in_place(&nonce, &aad, payload)
                 .map_err(|_| XTMPError::EncryptionError("AEAD seal failed".into()))?,
@@ -376,7 +393,7 @@ impl XTMPKeySet {
         nonce.copy_from_slice(&header[56..80]);
         let mut tag = [0u8; 16];
         tag.copy_from_slice(&header[80..96]);
-        match &self.aead {
+        match self.aead() {
             Some(k) => k
                 .open_in_place(&nonce, &aad, payload, &tag)
                 .map_err(|_| XTMPError::AuthenticationFailed),

@@ -234,6 +234,10 @@ pub struct SessionMetrics {
     pub stream_dropped: u64,
     /// Requests whose handler is still running.
     pub requests_in_flight: u64,
+    /// Whether the session's AEAD contexts are in memory: a session without application
+    /// messages for a second frees them (keeping only its keys) and rebuilds them for its
+    /// next frame.
+    pub aead_contexts_resident: bool,
     /// SHA-256 fingerprint of the client's static key (hex), for `pqIK` sessions.
     pub client_key: Option<String>,
     /// The datagram path (`UdpFast` sessions, and the UDP path of `TcpUdpHybrid` ones).

@@ -475,6 +475,11 @@ impl ServerShared {
 /// back (see `FrameReader::release_when_idle`).
 const IDLE_READ_BUFFER: Duration = Duration::from_secs(2);
 
+/// A session without application messages for this long frees its AEAD contexts when its
+/// writer next goes idle (`Session::release_idle_keys`): for a quiet `UdpFast` session
+/// that is its last probe tick, one second later.
+const IDLE_KEYS: Duration = Duration::from_secs(1);
+
 struct ConnGuard {
     shared: Arc<ServerShared>,
     ctype: ConnectionType,
@@ -782,6 +787,33 @@ enum Sealed {
 }
 
 impl ConnState {
+    /// No application message for [`IDLE_KEYS`] and no handler running: keep the 32-byte
+    /// keys but not their AEAD contexts (~1.2 KB; the next frame, such as a heartbeat,
+    /// rebuilds them in about a microsecond).
+    fn release_keys_if_idle(&mut self, now: Instant) {
+        if self.inflight.is_empty()
+            && now
+                .into_std()
+                .saturating_duration_since(self.session.last_activity)
+                >= IDLE_KEYS
+        {
+            self.session.core_mut().release_idle_keys();
+        }
+    }
+
+    /// When [`ConnState::release_keys_if_idle`] will next have something to do, if that
+    /// is still ahead: the writer wakes then even when nothing else is due.
+    fn keys_release_at(&self, now: Instant) -> Option<Instant> {
+        let core = self.session.core();
+        if !self.inflight.is_empty()
+            || !(core.send_keys().aead_ready() || core.recv_keys().aead_ready())
+        {
+            return None;
+        }
+        let at = Instant::from_std(self.session.last_activity) + IDLE_KEYS;
+        (at > now).then_some(at)
+    }
+
     /// Moves frames the core queued (heartbeat answers, key updates) into the write
     /// buffer. Must run before anything else is sealed, to keep sequence order.
     pub(crate) fn drain_core(&mut self) {
@@ -1747,6 +1779,9 @@ fn process_frame(conn: &Arc<ServerConn>, mut frame: BytesMut) -> Step {
                     }
                     Received::Pong { .. } => {
                         st.session.quality.on_pong();
+                        // The heartbeat exchange is over; nothing else may come for a
+                        // while.
+                        st.release_keys_if_idle(now);
                         Incoming::Nothing
                     }
                     Received::KeyUpdated { generation } => {
@@ -2251,6 +2286,9 @@ async fn conn_writer<W: AsyncWrite + Unpin>(conn: Arc<ServerConn>, mut w: W) {
             if let Some(dl) = drain_deadline {
                 deadline = deadline.min(dl);
             }
+            if let Some(t) = st.keys_release_at(now) {
+                deadline = deadline.min(t);
+            }
             let (dbatch, dpeer) = match st.dgram.as_mut() {
                 Some(dg) => {
                     if let Some(t) = dg.poll_timeout(st.session.core()) {
@@ -2272,6 +2310,7 @@ async fn conn_writer<W: AsyncWrite + Unpin>(conn: Arc<ServerConn>, mut w: W) {
                 if st.stream_batch.capacity() > 0 {
                     st.stream_batch = Vec::new();
                 }
+                st.release_keys_if_idle(now);
             }
             (dbatch, dpeer, finished, deadline)
         };

@@ -468,3 +468,50 @@ async fn key_updates_survive_a_lossy_datagram_path() {
     c.close().await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_free_their_aead_contexts_and_rebuild_them() {
+    // One UdpFast and one TCP session. After a second without application messages the
+    // server frees their AEAD contexts (the TCP writer next wakes at its heartbeat, so
+    // the heartbeat is short here); the next request is answered as before.
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let server = start(router(seen), |o| {
+        udp_server_opts(o);
+        o.heartbeat_interval = Duration::from_millis(300);
+    })
+    .await;
+    let udp = server.udp_local_addr().unwrap();
+    let cu = XTMPClient::connect(server.local_addr(), udp_client_options(udp))
+        .await
+        .unwrap();
+    let ct = XTMPClient::connect(server.local_addr(), client_options())
+        .await
+        .unwrap();
+    let resident = |c: &XTMPClient| {
+        server
+            .session_metrics(c.session_id().unwrap())
+            .unwrap()
+            .aead_contexts_resident
+    };
+    for round in 0..3 {
+        for (c, name) in [(&cu, "udp"), (&ct, "tcp")] {
+            let r = c
+                .request(
+                    MessageType::WalletBalance,
+                    format!("{name}{round}").into_bytes(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.body, format!("balance:{name}{round}").as_bytes());
+            // Just used: resident (the release needs a whole second of no messages).
+            assert!(resident(c), "{name}: freed right after a request");
+        }
+        eventually("both idle sessions free their AEAD contexts", || {
+            !resident(&cu) && !resident(&ct)
+        })
+        .await;
+    }
+    cu.close().await;
+    ct.close().await;
+    server.shutdown().await;
+}
