@@ -892,7 +892,9 @@ pub enum Delivery {
 /// acknowledge.
 #[derive(Debug, Default)]
 pub struct ReliableReceiver {
-    window: ReplayWindow,
+    /// Allocated with the first accepted id: most sessions never receive a `RELIABLE`
+    /// message on a datagram path, and the window is 264 bytes.
+    window: Option<Box<ReplayWindow>>,
     acks: Vec<u64>,
     duplicates: u64,
 }
@@ -910,7 +912,9 @@ impl ReliableReceiver {
     /// keeps its unacknowledged ids within [`MAX_RELIABLE_SPAN`], so such an id was
     /// delivered (or given up) long ago.
     pub fn check(&self, id: u64) -> Delivery {
-        if id != 0 && self.window.check(id).is_ok() {
+        // Without a window nothing was accepted yet: every non-zero id is new.
+        let new = id != 0 && self.window.as_ref().is_none_or(|w| w.check(id).is_ok());
+        if new {
             Delivery::New
         } else {
             Delivery::Duplicate
@@ -919,8 +923,11 @@ impl ReliableReceiver {
 
     /// Message `id` was delivered: remember it and acknowledge it.
     pub fn accept(&mut self, id: u64) {
-        if id != 0 && self.window.check(id).is_ok() {
-            self.window.mark(id);
+        if id != 0 {
+            let w = self.window.get_or_insert_with(Default::default);
+            if w.check(id).is_ok() {
+                w.mark(id);
+            }
         }
         self.queue_ack(id);
     }

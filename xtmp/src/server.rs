@@ -331,6 +331,8 @@ impl HandshakeLimiter {
 /// State shared by the accept loop, the connections and the [`ServerHandle`].
 pub(crate) struct ServerShared {
     pub(crate) opts: ServerOptions,
+    /// `opts.datagram`, shared by every session's datagram state.
+    pub(crate) datagram_opts: Arc<crate::udp::DatagramOptions>,
     pub(crate) manager: Arc<XTMPConnectionManager>,
     pub(crate) counters: Arc<ServerCounters>,
     started: Instant,
@@ -572,6 +574,7 @@ impl XTMPServer {
         ));
         let shared = Arc::new(ServerShared {
             limiter: HandshakeLimiter::new(opts.handshakes_per_second_per_ip),
+            datagram_opts: Arc::new(opts.datagram.clone()),
             opts,
             manager,
             counters: Arc::new(ServerCounters::default()),

@@ -619,7 +619,8 @@ pub struct DatagramPathMetrics {
 pub(crate) struct DgramState<T> {
     pub(crate) attach: Attach,
     pub(crate) peer: PeerCell,
-    pub(crate) opts: DatagramOptions,
+    /// Shared by all sessions of a server (one allocation, not one per session).
+    pub(crate) opts: Arc<DatagramOptions>,
     /// Sealed frames for the datagram path of a hybrid session (a `UdpFast` session's
     /// frames go through the connection's ordinary write buffer).
     pub(crate) dbuf: Vec<u8>,
@@ -637,7 +638,9 @@ pub(crate) struct DgramState<T> {
     bind_sent: Option<Instant>,
     pub(crate) counters: DgramCounters,
     /// Fragments of oversized core frames (key updates) from the peer.
-    frame_reasm: Reassembler<()>,
+    /// Created by the first `FrameFragment` (key updates too large for one datagram) and
+    /// dropped once nothing is pending.
+    frame_reasm: Option<Box<Reassembler<()>>>,
 }
 
 /// What [`DgramState::run_timers`] wants from its caller.
@@ -658,9 +661,10 @@ impl<T: ReliableItem> DgramState<T> {
     pub(crate) fn new(
         attach: Attach,
         peer: Option<SocketAddr>,
-        opts: DatagramOptions,
+        opts: impl Into<Arc<DatagramOptions>>,
         now: Instant,
     ) -> Self {
+        let opts = opts.into();
         Self {
             attach,
             peer: Arc::new(Mutex::new(peer)),
@@ -675,11 +679,7 @@ impl<T: ReliableItem> DgramState<T> {
             bind_sent: None,
             dbuf: Vec::new(),
             counters: DgramCounters::default(),
-            frame_reasm: Reassembler::new(ReassemblyLimits {
-                max_pending: 2,
-                max_pending_per_peer: 2,
-                timeout: Duration::from_secs(5),
-            }),
+            frame_reasm: None,
             opts,
         }
     }
@@ -708,7 +708,20 @@ impl<T: ReliableItem> DgramState<T> {
     /// (and counted).
     pub(crate) fn on_frame_fragment(&mut self, now: Instant, frame: &[u8]) -> Option<Vec<u8>> {
         let whole = match parse_frame_fragment(frame) {
-            Ok((_, f)) => self.frame_reasm.handle(now, (), &f).ok().flatten(),
+            Ok((_, f)) => {
+                let r = self.frame_reasm.get_or_insert_with(|| {
+                    Box::new(Reassembler::new(ReassemblyLimits {
+                        max_pending: 2,
+                        max_pending_per_peer: 2,
+                        timeout: Duration::from_secs(5),
+                    }))
+                });
+                let whole = r.handle(now, (), &f).ok().flatten();
+                if r.is_empty() {
+                    self.frame_reasm = None;
+                }
+                whole
+            }
             Err(_) => None,
         };
         let w = whole?;

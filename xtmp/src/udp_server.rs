@@ -157,7 +157,7 @@ fn path_attach<'a>(
                     st.dgram = Some(Box::new(DgramState::new(
                         Attach::Granted(t),
                         None,
-                        shared.opts.datagram.clone(),
+                        shared.datagram_opts.clone(),
                         std::time::Instant::now(),
                     )));
                     st.session.connection_type = ConnectionType::TcpUdpHybrid;
@@ -672,7 +672,7 @@ async fn udp_handshake(
         Some(DgramState::new(
             Attach::Primary,
             Some(src),
-            shared.opts.datagram.clone(),
+            shared.datagram_opts.clone(),
             now.into_std(),
         )),
     );
