@@ -553,22 +553,19 @@ pub async fn bulk_worker(mut conn: Conn, size: usize, w: Window) -> WorkerOut {
     let body = payload(size);
     match &mut conn {
         Conn::Xtmp(c) => {
-            // `send` without ack returns once the message is queued on the connection
-            // (waiting only when `max_in_flight` messages are queued): one task sends in a
-            // loop, as the framed peers queue into their buffer. Counted per 64 messages.
+            // `send_batch` seals a batch straight into the connection's write buffer (one
+            // wake-up of its writer per batch), as the framed peers queue 64 KiB into
+            // their buffer and flush it: batches of 64 KiB here too.
+            let per_batch = (64 * 1024 / size.max(1)).max(1);
+            let batch: Vec<&[u8]> = vec![&body[..]; per_batch];
             let mut tally = Tally::new(size);
-            loop {
-                if tally.batch == 0 && tally.t0 >= w.end {
-                    break;
-                }
-                if let Err(e) = c.send(SINK_TYPE, body.clone(), false).await {
+            while Instant::now() < w.end {
+                if let Err(e) = c.send_batch(SINK_TYPE, &batch).await {
                     out.error(e);
                     break;
                 }
-                tally.batch += 1;
-                if tally.batch == 64 {
-                    tally.count(&mut out, &w);
-                }
+                tally.batch += per_batch as u64;
+                tally.count(&mut out, &w);
             }
             // Everything sent was read by the server once this echo comes back.
             if let Err(e) = c.request(ECHO_TYPE, vec![0u8; 8]).await {

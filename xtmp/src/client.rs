@@ -50,6 +50,23 @@ use crate::transport::{
 };
 
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// [`XTMPClient::send_batch`] seals while the write buffer holds less than this, then
+/// waits for the writer to take it: two buffers of about this size alternate (one written,
+/// one filled), small enough for the allocator to reuse them without fresh pages.
+const BATCH_WBUF_LIMIT: usize = WRITE_BATCH_BYTES;
+
+/// What one round of [`XTMPClient::send_batch`] did.
+enum BatchStep {
+    /// This many messages sealed into the write buffer.
+    Sealed(usize),
+    /// Messages are queued ahead (or the session has a datagram path): use the queue.
+    ViaQueue,
+    /// The write buffer is full: wait for the writer to take it.
+    Wait,
+    /// The connection ended; the supervisor is replacing it.
+    Retry,
+    Fail(ClientError),
+}
 
 /// A cheap hasher for integer ids looked up once or more per message: subscription ids
 /// and the client's own request numbers (a peer's values are only looked up), and on the
@@ -1103,6 +1120,122 @@ impl XTMPClient {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(ClientError::ConnectionLost { sent: true }),
             Err(_) => Err(ClientError::Timeout),
+        }
+    }
+
+    /// Sends many messages of one type, fire and forget, in order: as
+    /// [`XTMPClient::send`] with `ack: false` for each payload, but sealed straight into
+    /// the connection's write buffer under one lock, with one wake-up of the connection's
+    /// writer per batch instead of one hand-off per message — for streams of small
+    /// messages. Returns once every message is sealed (its sequence number taken); waits
+    /// while the connection has 1 MiB of sealed bytes not yet written, up to
+    /// [`ClientOptions::request_timeout`]. Messages still unwritten when the connection is
+    /// lost are dropped, as with `send`. On a datagram session (`UdpFast`,
+    /// `TcpUdpHybrid`), or while other messages are queued ahead, the messages go through
+    /// the connection's queue one by one, as `send` does.
+    ///
+    /// # Errors
+    /// [`ClientError::PayloadTooLarge`] (checked for every payload before anything is
+    /// sent), [`ClientError::Timeout`], [`ClientError::Closed`],
+    /// [`ClientError::ConnectionLost`]. On an error, an unknown prefix of the batch may
+    /// have been sent.
+    pub async fn send_batch<P: AsRef<[u8]>>(
+        &self,
+        message_type: MessageType,
+        payloads: &[P],
+    ) -> Result<(), ClientError> {
+        for p in payloads {
+            self.check_len(p.as_ref().len())?;
+        }
+        let deadline = Instant::now() + self.inner.opts.request_timeout;
+        let mut rest = payloads;
+        while !rest.is_empty() {
+            let conn = match self.current() {
+                Some(c) if lock(&c.state).ended.is_none() => c,
+                _ => self.connection(deadline).await?,
+            };
+            let drained = conn.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            let step = {
+                let mut st = lock(&conn.state);
+                let st = &mut *st;
+                if st.closing {
+                    BatchStep::Fail(ClientError::Closed)
+                } else if st.ended.is_some() {
+                    BatchStep::Retry
+                } else if st.wbuf.len() >= BATCH_WBUF_LIMIT {
+                    BatchStep::Wait
+                } else if st.dgram.is_some() || !st.priority.is_empty() || !st.normal.is_empty() {
+                    BatchStep::ViaQueue
+                } else {
+                    st.drain_core();
+                    let mut n = 0;
+                    let mut failed = None;
+                    for p in rest {
+                        if st.wbuf.len() >= BATCH_WBUF_LIMIT {
+                            break;
+                        }
+                        let p = p.as_ref();
+                        let flags = self.inner.opts.flags_for(p.len());
+                        if let Err(e) = st.core.seal(message_type, flags, p, &mut st.wbuf) {
+                            failed = Some(ClientError::Protocol(e));
+                            break;
+                        }
+                        n += 1;
+                    }
+                    match failed {
+                        Some(e) => BatchStep::Fail(e),
+                        None => BatchStep::Sealed(n),
+                    }
+                }
+            };
+            match step {
+                BatchStep::Sealed(n) => {
+                    conn.wake.notify_one();
+                    rest = &rest[n..];
+                }
+                BatchStep::ViaQueue => {
+                    // Queued ahead, or a datagram path: through the queue, in order.
+                    if let Some((first, tail)) = rest.split_first() {
+                        self.send(message_type, first.as_ref().to_vec(), false)
+                            .await?;
+                        rest = tail;
+                    }
+                }
+                BatchStep::Wait => {
+                    if tokio::time::timeout_at(deadline, &mut drained)
+                        .await
+                        .is_err()
+                    {
+                        return Err(ClientError::Timeout);
+                    }
+                }
+                BatchStep::Retry => tokio::time::sleep(Duration::from_millis(1)).await,
+                BatchStep::Fail(e) => {
+                    conn.wake.notify_one();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The established connection, waiting for one up to `deadline`.
+    async fn connection(&self, deadline: Instant) -> Result<Arc<ClientConn>, ClientError> {
+        let mut rx = self.inner.link.subscribe();
+        loop {
+            let state = rx.borrow_and_update().clone();
+            match state {
+                LinkState::Closed(e) => return Err(e),
+                LinkState::Connected(c) if lock(&c.state).ended.is_none() => return Ok(c),
+                LinkState::Connected(_) | LinkState::Connecting => {}
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(ClientError::Closed),
+                Err(_) => return Err(ClientError::Timeout),
+            }
         }
     }
 

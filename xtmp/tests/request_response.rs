@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use common::*;
 use xtmp::{
-    builtin_router, ClientError, HandlerError, Reply, RouteOptions, XTMPClient, XTMPMessageRouter,
+    builtin_router, ClientError, HandlerError, Reply, RouteOptions, ServerHandle, XTMPClient,
+    XTMPMessageRouter,
 };
 use xtmp_proto::xtmp_crypto::xwing::XWingSecretKey;
 use xtmp_proto::{ErrorCode, MessageType, XTMPFlags};
@@ -447,11 +448,13 @@ async fn compression_applies_above_the_threshold() {
     server.shutdown().await;
 }
 
-/// Fire-and-forget sends return once queued (bounded by `max_in_flight`) and go out in
-/// order; `close` writes what is still queued before it says goodbye.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fire_and_forget_is_bounded_ordered_and_flushed_on_close() {
-    const N: u64 = 2000;
+/// A server whose `BundleSubmit` handler records (id in the first 8 bytes, length) of
+/// every message in arrival order, and a client with `max_in_flight` 8.
+async fn recording_server() -> (
+    ServerHandle,
+    XTMPClient,
+    Arc<std::sync::Mutex<Vec<(u64, usize)>>>,
+) {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let s2 = seen.clone();
     let mut router = XTMPMessageRouter::new();
@@ -459,7 +462,7 @@ async fn fire_and_forget_is_bounded_ordered_and_flushed_on_close() {
         let s = s2.clone();
         async move {
             let i = u64::from_be_bytes(req.payload[..8].try_into().unwrap());
-            s.lock().unwrap().push(i);
+            s.lock().unwrap().push((i, req.payload.len()));
             Ok(Reply::None)
         }
     });
@@ -467,6 +470,15 @@ async fn fire_and_forget_is_bounded_ordered_and_flushed_on_close() {
     let mut o = client_options();
     o.max_in_flight = 8;
     let c = XTMPClient::connect(server.local_addr(), o).await.unwrap();
+    (server, c, seen)
+}
+
+/// Fire-and-forget sends return once queued (bounded by `max_in_flight`) and go out in
+/// order; `close` writes what is still queued before it says goodbye.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fire_and_forget_is_bounded_ordered_and_flushed_on_close() {
+    const N: u64 = 2000;
+    let (server, c, seen) = recording_server().await;
     for i in 0..N {
         let mut body = i.to_be_bytes().to_vec();
         body.resize(512, 0);
@@ -480,6 +492,60 @@ async fn fire_and_forget_is_bounded_ordered_and_flushed_on_close() {
         seen.lock().unwrap().len() as u64 == N
     })
     .await;
-    assert_eq!(*seen.lock().unwrap(), (0..N).collect::<Vec<_>>());
+    assert_eq!(
+        *seen.lock().unwrap(),
+        (0..N).map(|i| (i, 512)).collect::<Vec<_>>()
+    );
+    server.shutdown().await;
+}
+
+/// `send_batch` seals many messages under one lock; they keep their place among `send`s
+/// before and after, a batch larger than the write buffer waits for room, an oversized
+/// payload fails the whole batch before anything is sent, and `close` flushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_batch_keeps_order_with_send_and_waits_for_room() {
+    let (server, c, seen) = recording_server().await;
+    let body = |i: u64, len: usize| {
+        let mut b = i.to_be_bytes().to_vec();
+        b.resize(len, 7);
+        b
+    };
+    let mut next = 0u64;
+    let mut expect = Vec::new();
+    for round in 0..4 {
+        // A few queued sends first: the batch must not overtake them.
+        for _ in 0..5 {
+            c.send(MessageType::BundleSubmit, body(next, 100), false)
+                .await
+                .unwrap();
+            expect.push((next, 100));
+            next += 1;
+        }
+        // 300 KiB: several times the batch write buffer (64 KiB).
+        let len = 1024 + round;
+        let batch: Vec<Vec<u8>> = (0..300).map(|k| body(next + k, len)).collect();
+        c.send_batch(MessageType::BundleSubmit, &batch)
+            .await
+            .unwrap();
+        expect.extend((0..300).map(|k| (next + k, len)));
+        next += 300;
+    }
+    // One payload over max_payload: refused, and none of its batch is sent.
+    let max = client_options().max_payload as usize;
+    let bad = vec![body(9_999, 100), vec![0u8; max + 1]];
+    assert!(matches!(
+        c.send_batch(MessageType::BundleSubmit, &bad).await,
+        Err(ClientError::PayloadTooLarge { .. })
+    ));
+    c.send_batch::<Vec<u8>>(MessageType::BundleSubmit, &[])
+        .await
+        .unwrap();
+    c.close().await;
+    let n = expect.len();
+    eventually("every batched message handled", || {
+        seen.lock().unwrap().len() == n
+    })
+    .await;
+    assert_eq!(*seen.lock().unwrap(), expect);
     server.shutdown().await;
 }

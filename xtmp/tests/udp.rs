@@ -515,3 +515,38 @@ async fn idle_sessions_free_their_aead_contexts_and_rebuild_them() {
     ct.close().await;
     server.shutdown().await;
 }
+
+/// `send_batch` on a `UdpFast` session goes through the queue message by message (each a
+/// datagram of its own, fire and forget: at most once, `PROTOCOL.md` §9.7). With room for
+/// every handler (a burst beyond `max_inflight_per_connection` is dropped on arrival) and
+/// no loss on loopback, each arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_batch_over_udp_delivers_every_message_once() {
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let server = start(router(seen.clone()), |o| {
+        udp_server_opts(o);
+        o.max_inflight_per_connection = 1024;
+    })
+    .await;
+    let udp = server.udp_local_addr().unwrap();
+    let c = XTMPClient::connect(server.local_addr(), udp_client_options(udp))
+        .await
+        .unwrap();
+    let batch: Vec<Vec<u8>> = (0..200u64).map(|i| i.to_be_bytes().to_vec()).collect();
+    c.send_batch(MessageType::BundleSubmit, &batch)
+        .await
+        .unwrap();
+    // A request after the batch: answered once everything before it was read.
+    let r = c
+        .request(MessageType::WalletBalance, b"after".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.body, b"balance:after");
+    eventually("all 200 batched datagram messages", || {
+        seen.lock().unwrap().len() == 200
+    })
+    .await;
+    assert!(seen.lock().unwrap().values().all(|&n| n == 1));
+    c.close().await;
+    server.shutdown().await;
+}
