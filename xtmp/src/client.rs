@@ -1127,8 +1127,9 @@ impl XTMPClient {
     /// [`XTMPClient::send`] with `ack: false` for each payload, but sealed straight into
     /// the connection's write buffer under one lock, with one wake-up of the connection's
     /// writer per batch instead of one hand-off per message — for streams of small
-    /// messages. Returns once every message is sealed (its sequence number taken); waits
-    /// while the connection has 1 MiB of sealed bytes not yet written, up to
+    /// messages. Returns once every message is sealed (its sequence number taken): it
+    /// seals while the connection holds less than 64 KiB of sealed bytes not yet taken by
+    /// its writer, then waits for the writer; the whole call is bounded by
     /// [`ClientOptions::request_timeout`]. Messages still unwritten when the connection is
     /// lost are dropped, as with `send`. On a datagram session (`UdpFast`,
     /// `TcpUdpHybrid`), or while other messages are queued ahead, the messages go through
@@ -1169,6 +1170,9 @@ impl XTMPClient {
                 } else if st.dgram.is_some() || !st.priority.is_empty() || !st.normal.is_empty() {
                     BatchStep::ViaQueue
                 } else {
+                    // Frames the core queued (pongs, key updates) go first. `seal` itself
+                    // queues none (a usage limit only marks a rekey as wanted, for the
+                    // writer's next timer check), so one drain covers the batch.
                     st.drain_core();
                     let mut n = 0;
                     let mut failed = None;
