@@ -468,6 +468,13 @@ impl Session {
         }
         freed
     }
+    /// Whether any AEAD context of this session is built (see
+    /// [`Session::release_idle_keys`]).
+    pub fn aead_resident(&self) -> bool {
+        self.send.aead_ready()
+            || self.recv.aead_ready()
+            || self.recv_prev.as_ref().is_some_and(|p| p.keys.aead_ready())
+    }
     /// The sequence number the next sealed frame will carry.
     pub fn next_send_sequence(&self) -> u64 {
         self.send_seq

@@ -704,7 +704,7 @@ pub fn load_or_create_signing_key(path: &Path) -> Result<SigningKey, AppError> {
     match std::fs::read_to_string(path) {
         Ok(s) => {
             let mut seed = zeroize::Zeroizing::new([0u8; SEED_LEN]);
-            hex::decode_to_slice(s.trim(), seed.as_mut()).map_err(|_| {
+            crate::encoding::decode_to_slice(s.trim().as_bytes(), seed.as_mut()).map_err(|_| {
                 AppError::Storage(format!("{}: expected 64 hex digits", path.display()))
             })?;
             let key = SigningKey::from_seed(&seed)?;
@@ -733,7 +733,7 @@ pub fn load_or_create_signing_key(path: &Path) -> Result<SigningKey, AppError> {
                     opts.mode(0o600);
                 }
                 let mut f = opts.open(&tmp).map_err(|e| io("cannot create", e))?;
-                let hex_seed = zeroize::Zeroizing::new(hex::encode(key.seed()));
+                let hex_seed = zeroize::Zeroizing::new(crate::encoding::encode(key.seed()));
                 f.write_all(hex_seed.as_bytes())
                     .map_err(|e| io("cannot write", e))?;
                 f.write_all(b"\n").map_err(|e| io("cannot write", e))?;
@@ -758,6 +758,6 @@ pub fn public_key_path(path: &Path) -> std::path::PathBuf {
 fn write_public_key(path: &Path, key: &SigningKey) -> std::io::Result<()> {
     std::fs::write(
         path,
-        format!("{}\n", hex::encode(key.public_key().as_bytes())),
+        format!("{}\n", crate::encoding::encode(key.public_key().as_bytes())),
     )
 }

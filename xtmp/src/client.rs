@@ -404,6 +404,12 @@ struct ClientConn {
 }
 
 impl ClientConn {
+    /// Neither ended nor closing: messages can be queued on it.
+    fn usable(&self) -> bool {
+        let st = lock(&self.state);
+        st.ended.is_none() && !st.closing
+    }
+
     /// Queues `o`, or gives it back if the connection has ended.
     fn try_enqueue(&self, o: Outbound) -> Result<(), Outbound> {
         let mut st = lock(&self.state);
@@ -929,33 +935,18 @@ impl XTMPClient {
     }
 
     async fn enqueue_slow(&self, mut o: Outbound, deadline: Instant) -> Result<(), ClientError> {
-        let mut rx = self.inner.link.subscribe();
         loop {
-            let state = rx.borrow_and_update().clone();
-            match state {
-                LinkState::Closed(e) => {
+            let c = match self.connection(deadline).await {
+                Ok(c) => c,
+                Err(e) => {
                     o.kind.fail(e.clone());
                     return Err(e);
                 }
-                LinkState::Connected(c) => match c.try_enqueue(o) {
-                    Ok(()) => return Ok(()),
-                    Err(back) => o = back,
-                },
-                LinkState::Connecting => {}
-            }
-            // Wait for the next connection state (or the deadline).
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(ClientError::Closed),
-                Err(_) => return Err(ClientError::Timeout),
-            }
-            let stale = match &*rx.borrow() {
-                LinkState::Connected(c) => lock(&c.state).ended.is_some(),
-                _ => false,
             };
-            if stale {
-                // The supervisor has not noticed the end yet; give it a moment.
-                tokio::time::sleep(Duration::from_millis(1)).await;
+            match c.try_enqueue(o) {
+                Ok(()) => return Ok(()),
+                // Ended or closing since: `connection` waits for the next link state.
+                Err(back) => o = back,
             }
         }
     }
@@ -1152,7 +1143,7 @@ impl XTMPClient {
         let mut rest = payloads;
         while !rest.is_empty() {
             let conn = match self.current() {
-                Some(c) if lock(&c.state).ended.is_none() => c,
+                Some(c) if c.usable() => c,
                 _ => self.connection(deadline).await?,
             };
             let drained = conn.drained.notified();
@@ -1215,7 +1206,8 @@ impl XTMPClient {
                         return Err(ClientError::Timeout);
                     }
                 }
-                BatchStep::Retry => tokio::time::sleep(Duration::from_millis(1)).await,
+                // The next round waits for the link state in `connection`.
+                BatchStep::Retry => {}
                 BatchStep::Fail(e) => {
                     conn.wake.notify_one();
                     return Err(e);
@@ -1225,14 +1217,15 @@ impl XTMPClient {
         Ok(())
     }
 
-    /// The established connection, waiting for one up to `deadline`.
+    /// The established connection, waiting up to `deadline` while there is none (or it
+    /// ended or is closing and the link state has not moved on yet).
     async fn connection(&self, deadline: Instant) -> Result<Arc<ClientConn>, ClientError> {
         let mut rx = self.inner.link.subscribe();
         loop {
             let state = rx.borrow_and_update().clone();
             match state {
                 LinkState::Closed(e) => return Err(e),
-                LinkState::Connected(c) if lock(&c.state).ended.is_none() => return Ok(c),
+                LinkState::Connected(c) if c.usable() => return Ok(c),
                 LinkState::Connected(_) | LinkState::Connecting => {}
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {

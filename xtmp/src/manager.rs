@@ -204,8 +204,7 @@ impl XTMPSession {
             errors_sent: self.counters.errors_sent,
             stream_dropped: self.stream_dropped.load(Ordering::Relaxed),
             requests_in_flight,
-            aead_contexts_resident: self.core.send_keys().aead_ready()
-                || self.core.recv_keys().aead_ready(),
+            aead_contexts_resident: self.core.aead_resident(),
             client_key: self.client_key.map(hex::encode),
             datagram: None,
         }

@@ -790,31 +790,21 @@ enum Sealed {
 }
 
 impl ConnState {
-    /// No application message for [`IDLE_KEYS`] and no handler running: keep the 32-byte
-    /// keys but not their AEAD contexts (~1.2 KB; the next frame, such as a heartbeat,
-    /// rebuilds them in about a microsecond).
-    fn release_keys_if_idle(&mut self, now: Instant) {
-        if self.inflight.is_empty()
-            && now
-                .into_std()
-                .saturating_duration_since(self.session.last_activity)
-                >= IDLE_KEYS
-        {
-            self.session.core_mut().release_idle_keys();
-        }
+    /// When this session's AEAD contexts may be freed: [`IDLE_KEYS`] after its last
+    /// application message, if no handler is running and a context is built. Until then
+    /// the writer wakes for it even when nothing else is due.
+    fn keys_release_at(&self) -> Option<Instant> {
+        (self.inflight.is_empty() && self.session.core().aead_resident())
+            .then(|| Instant::from_std(self.session.last_activity) + IDLE_KEYS)
     }
 
-    /// When [`ConnState::release_keys_if_idle`] will next have something to do, if that
-    /// is still ahead: the writer wakes then even when nothing else is due.
-    fn keys_release_at(&self, now: Instant) -> Option<Instant> {
-        let core = self.session.core();
-        if !self.inflight.is_empty()
-            || !(core.send_keys().aead_ready() || core.recv_keys().aead_ready())
-        {
-            return None;
+    /// Once due (see [`ConnState::keys_release_at`]): keep the 32-byte keys but not their
+    /// AEAD contexts (~1.2 KB; the next frame, such as a heartbeat, rebuilds them in
+    /// about a microsecond).
+    fn release_keys_if_idle(&mut self, now: Instant) {
+        if self.keys_release_at().is_some_and(|at| at <= now) {
+            self.session.core_mut().release_idle_keys();
         }
-        let at = Instant::from_std(self.session.last_activity) + IDLE_KEYS;
-        (at > now).then_some(at)
     }
 
     /// Moves frames the core queued (heartbeat answers, key updates) into the write
@@ -2289,7 +2279,7 @@ async fn conn_writer<W: AsyncWrite + Unpin>(conn: Arc<ServerConn>, mut w: W) {
             if let Some(dl) = drain_deadline {
                 deadline = deadline.min(dl);
             }
-            if let Some(t) = st.keys_release_at(now) {
+            if let Some(t) = st.keys_release_at().filter(|&t| t > now) {
                 deadline = deadline.min(t);
             }
             let (dbatch, dpeer) = match st.dgram.as_mut() {

@@ -79,8 +79,19 @@ fn router(seen: Arc<Mutex<HashMap<u64, u32>>>) -> XTMPMessageRouter {
 }
 
 async fn udp_server() -> (ServerHandle, Arc<Mutex<HashMap<u64, u32>>>) {
+    udp_server_with(|_| {}).await
+}
+
+/// [`udp_server`] with further option changes.
+async fn udp_server_with(
+    tweak: impl FnOnce(&mut xtmp::ServerOptions),
+) -> (ServerHandle, Arc<Mutex<HashMap<u64, u32>>>) {
     let seen = Arc::new(Mutex::new(HashMap::new()));
-    let s = start(router(seen.clone()), udp_server_opts).await;
+    let s = start(router(seen.clone()), |o| {
+        udp_server_opts(o);
+        tweak(o);
+    })
+    .await;
     (s, seen)
 }
 
@@ -177,9 +188,7 @@ async fn udp_refuses_messages_larger_than_a_datagram() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lossy_network_delivers_acknowledged_messages_exactly_once() {
     const N: u64 = 300;
-    let seen = Arc::new(Mutex::new(HashMap::new()));
-    let server = start(router(seen.clone()), |o| {
-        udp_server_opts(o);
+    let (server, seen) = udp_server_with(|o| {
         fast_probes(&mut o.datagram);
     })
     .await;
@@ -427,9 +436,7 @@ async fn hybrid_switches_to_tcp_when_udp_is_blocked_and_back() {
 /// session rotates several times and traffic goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_updates_survive_a_lossy_datagram_path() {
-    let seen = Arc::new(Mutex::new(HashMap::new()));
-    let server = start(router(seen.clone()), |o| {
-        udp_server_opts(o);
+    let (server, seen) = udp_server_with(|o| {
         o.key_rotation_interval = Duration::from_millis(400);
     })
     .await;
@@ -472,11 +479,9 @@ async fn key_updates_survive_a_lossy_datagram_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sessions_free_their_aead_contexts_and_rebuild_them() {
     // One UdpFast and one TCP session. After a second without application messages the
-    // server frees their AEAD contexts (the TCP writer next wakes at its heartbeat, so
-    // the heartbeat is short here); the next request is answered as before.
-    let seen = Arc::new(Mutex::new(HashMap::new()));
-    let server = start(router(seen), |o| {
-        udp_server_opts(o);
+    // server frees their AEAD contexts (the short heartbeat also rebuilds and frees them
+    // around every ping and pong); the next request is answered as before.
+    let (server, _seen) = udp_server_with(|o| {
         o.heartbeat_interval = Duration::from_millis(300);
     })
     .await;
@@ -522,9 +527,7 @@ async fn idle_sessions_free_their_aead_contexts_and_rebuild_them() {
 /// no loss on loopback, each arrives exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_batch_over_udp_delivers_every_message_once() {
-    let seen = Arc::new(Mutex::new(HashMap::new()));
-    let server = start(router(seen.clone()), |o| {
-        udp_server_opts(o);
+    let (server, seen) = udp_server_with(|o| {
         o.max_inflight_per_connection = 1024;
     })
     .await;
